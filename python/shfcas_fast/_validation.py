@@ -1,0 +1,129 @@
+"""Input checking and coercion shared by the engine, the baseline and the CLI.
+
+Every public function accepts 1-D numpy arrays or CPU torch tensors; these helpers turn them into
+contiguous numpy arrays without copying when they can, and raise a ``TypeError``/``ValueError``
+that names the argument and the problem when they cannot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    """Return ``value`` as a numpy array, sharing memory with CPU torch tensors."""
+    if isinstance(value, np.ndarray):
+        return value
+    module = type(value).__module__
+    if module.startswith("torch"):
+        if value.device.type != "cpu":
+            raise TypeError(
+                f"{name} is a torch tensor on {value.device}; move it to the CPU first "
+                f"(the GPU path is shfcas_fast.score_logits)"
+            )
+        value = value.detach()
+        if value.dtype.is_floating_point and value.dtype not in _TORCH_NUMPY_FLOATS:
+            value = value.float()  # bf16 has no numpy dtype
+        return value.resolve_conj().resolve_neg().numpy()
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a 1-D numeric array, got {type(value).__name__}")
+    try:
+        return np.asarray(value)
+    except Exception as err:  # ragged lists and other unconvertible objects
+        raise TypeError(f"{name} must be a 1-D numeric array: {err}") from None
+
+
+try:  # torch is optional: the engine works with numpy alone
+    import torch as _torch
+
+    _TORCH_NUMPY_FLOATS = {_torch.float16, _torch.float32, _torch.float64}
+except ImportError:  # pragma: no cover - exercised only without torch
+    _TORCH_NUMPY_FLOATS = set()
+
+
+def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray:
+    """Coerce ``value`` to a contiguous 1-D float32 or float64 array.
+
+    float32 and float64 inputs are kept as they are (zero-copy when contiguous); integer and float16
+    inputs are converted to float64; bool, complex, string and object inputs are refused.
+    """
+    array = _to_numpy(value, name)
+    kind = array.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} has complex dtype {array.dtype}; pass real numbers")
+    if kind == "b":
+        raise TypeError(f"{name} has dtype bool; pass real numbers")
+    if kind not in "iuf":
+        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)
+    array = np.ascontiguousarray(array)
+    if finite:
+        check_finite(array, name)
+    return array
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """Raise ``ValueError`` naming the first NaN or infinite element of a 1-D float array."""
+    bad = _core.first_non_finite(array)
+    if bad is not None:
+        value = array[bad]
+        what = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        raise ValueError(f"{name}[{bad}] is {what}; every value must be finite")
+
+
+def as_float_pair(
+    x: Any, y: Any, x_name: str, y_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coerce two equal-length vectors to one common float dtype."""
+    xa = as_float_vector(x, x_name)
+    ya = as_float_vector(y, y_name)
+    if xa.shape[0] != ya.shape[0]:
+        raise ValueError(
+            f"{x_name} and {y_name} must have the same length, got {xa.shape[0]} and {ya.shape[0]}"
+        )
+    if xa.dtype != ya.dtype:
+        xa = xa.astype(np.float64)
+        ya = ya.astype(np.float64)
+    return xa, ya
+
+
+def group_offsets(group_sizes: Any, n: int, name: str = "group_sizes") -> np.ndarray:
+    """Turn ``group_sizes`` (an int or a 1-D integer array) into int64 offsets of length g + 1.
+
+    Group ``i`` holds items ``offsets[i]:offsets[i + 1]``. Zero-size groups are allowed.
+    """
+    if isinstance(group_sizes, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a 1-D integer array, got bool")
+    if isinstance(group_sizes, (int, np.integer)):
+        size = int(group_sizes)
+        if size <= 0:
+            raise ValueError(f"{name} must be positive when given as an int, got {size}")
+        if n % size:
+            raise ValueError(
+                f"{name}={size} does not divide the number of items {n}; "
+                f"pass one size per group instead"
+            )
+        return np.arange(0, n + 1, size, dtype=np.int64)
+    sizes = _to_numpy(group_sizes, name)
+    if sizes.ndim != 1:
+        raise ValueError(f"{name} must be an int or a 1-D array, got shape {tuple(sizes.shape)}")
+    if sizes.dtype.kind not in "iu" and sizes.size:  # an empty list arrives as float64
+        raise TypeError(f"{name} must hold integers, got dtype {sizes.dtype}")
+    sizes = sizes.astype(np.int64, copy=False)
+    if sizes.size and sizes.min() < 0:
+        first = int(np.argmax(sizes < 0))
+        raise ValueError(f"{name}[{first}] is {int(sizes[first])}; group sizes must be >= 0")
+    offsets = np.zeros(sizes.shape[0] + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    if offsets[-1] != n:
+        raise ValueError(f"{name} sums to {int(offsets[-1])} but there are {n} items")
+    return offsets
