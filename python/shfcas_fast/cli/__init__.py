@@ -1,0 +1,25 @@
+"""The ``shfcas`` command line.
+
+Example:
+```python
+>>> from typer.testing import CliRunner
+>>> from shfcas_fast.cli import app
+>>> "score" in CliRunner().invoke(app, ["--help"]).output
+True
+
+```
+
+Each command lives in its own module and registers itself on :data:`app` when imported.
+"""
+
+from __future__ import annotations
+
+from . import demo  # noqa: F401  (registers ``shfcas demo``)
+from .app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``shfcas`` console script."""
+    app()

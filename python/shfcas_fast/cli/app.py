@@ -1,0 +1,28 @@
+"""The ``shfcas`` Typer application that every command module registers itself on.
+
+Example:
+```python
+>>> from typer.testing import CliRunner
+>>> from shfcas_fast.cli import app
+>>> CliRunner().invoke(app, ["--help"]).exit_code
+0
+
+```
+"""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="shfcas",
+    help=(
+        "Score LLM alignment data for policy/proxy-reward conflict (SHF-CAS): score sampled "
+        "completions, select high-conflict prompts, build preference pairs, and report."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
