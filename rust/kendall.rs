@@ -1,0 +1,247 @@
+//! Kendall's tau-b with ties, exactly as `scipy.stats.kendalltau` (variant "b").
+//!
+//! Small groups use the O(n^2) pair scan (faster below a few dozen items); larger ones sort by
+//! (x, y) and count discordant pairs as the strict inversions of y with a merge sort, O(n log n),
+//! in parallel. All pair counts are 64-bit.
+
+use rayon::prelude::*;
+
+use crate::real::{order_key, Real};
+
+/// Below this many items the pairwise scan beats sorting.
+pub const PAIRWISE_MAX: usize = 48;
+/// Below this many items a sort or merge runs on one thread.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Pair counts that determine tau-b.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PairCounts {
+    /// n (n - 1) / 2.
+    pub total: u64,
+    /// Pairs tied in x.
+    pub x_ties: u64,
+    /// Pairs tied in y.
+    pub y_ties: u64,
+    /// Pairs tied in both.
+    pub joint_ties: u64,
+    /// Pairs ordered oppositely by x and y.
+    pub discordant: u64,
+}
+
+impl PairCounts {
+    /// tau-b, computed in scipy's order of operations; NaN when x or y is constant (or n < 2).
+    pub fn tau_b(&self) -> f64 {
+        if self.x_ties == self.total || self.y_ties == self.total {
+            return f64::NAN;
+        }
+        let concordant_minus_discordant = self.total as i128 - self.x_ties as i128 - self.y_ties as i128
+            + self.joint_ties as i128
+            - 2 * self.discordant as i128;
+        let tau = concordant_minus_discordant as f64
+            / ((self.total - self.x_ties) as f64).sqrt()
+            / ((self.total - self.y_ties) as f64).sqrt();
+        tau.clamp(-1.0, 1.0)
+    }
+}
+
+/// tau-b of one group, choosing the algorithm by size.
+pub fn tau_b<T: Real>(x: &[T], y: &[T]) -> f64 {
+    if x.len() <= PAIRWISE_MAX {
+        pair_counts_pairwise(x, y).tau_b()
+    } else {
+        pair_counts_sorted(x, y).tau_b()
+    }
+}
+
+/// O(n^2) pair counts.
+pub fn pair_counts_pairwise<T: Real>(x: &[T], y: &[T]) -> PairCounts {
+    let n = x.len();
+    let mut counts = PairCounts { total: pairs(n as u64), ..Default::default() };
+    for i in 0..n {
+        let (xi, yi) = (x[i].to_f64(), y[i].to_f64());
+        for j in (i + 1)..n {
+            let dx = xi - x[j].to_f64();
+            let dy = yi - y[j].to_f64();
+            let x_tied = dx == 0.0;
+            let y_tied = dy == 0.0;
+            counts.x_ties += x_tied as u64;
+            counts.y_ties += y_tied as u64;
+            counts.joint_ties += (x_tied && y_tied) as u64;
+            counts.discordant += ((dx > 0.0 && dy < 0.0) || (dx < 0.0 && dy > 0.0)) as u64;
+        }
+    }
+    counts
+}
+
+/// O(n log n) pair counts (Knight's algorithm), parallel for large n.
+pub fn pair_counts_sorted<T: Real>(x: &[T], y: &[T]) -> PairCounts {
+    let n = x.len();
+    let mut keyed: Vec<(u64, u64)> = if n >= PARALLEL_MIN {
+        x.par_iter().zip(y.par_iter()).map(|(a, b)| (order_key(a.to_f64()), order_key(b.to_f64()))).collect()
+    } else {
+        x.iter().zip(y.iter()).map(|(a, b)| (order_key(a.to_f64()), order_key(b.to_f64()))).collect()
+    };
+    if n >= PARALLEL_MIN {
+        keyed.par_sort_unstable();
+    } else {
+        keyed.sort_unstable();
+    }
+    let x_ties = tied_pairs(&keyed, |a, b| a.0 == b.0);
+    let joint_ties = tied_pairs(&keyed, |a, b| a == b);
+    let mut ys: Vec<u64> = keyed.iter().map(|&(_, b)| b).collect();
+    drop(keyed);
+    // Within a run of tied x the y keys are ascending, so x-tied pairs are never counted here.
+    let mut scratch = vec![0u64; n];
+    let discordant = sort_counting_inversions(&mut ys, &mut scratch);
+    let y_ties = tied_pairs(&ys, |a, b| a == b);
+    PairCounts { total: pairs(n as u64), x_ties, y_ties, joint_ties, discordant }
+}
+
+#[inline]
+fn pairs(count: u64) -> u64 {
+    count * count.saturating_sub(1) / 2
+}
+
+/// Sum of t (t - 1) / 2 over the runs of equal neighbours of a sorted slice.
+fn tied_pairs<T>(sorted: &[T], equal: impl Fn(&T, &T) -> bool) -> u64 {
+    let mut total = 0u64;
+    let mut run = 1u64;
+    for pair in sorted.windows(2) {
+        if equal(&pair[0], &pair[1]) {
+            run += 1;
+        } else {
+            total += pairs(run);
+            run = 1;
+        }
+    }
+    if !sorted.is_empty() {
+        total += pairs(run);
+    }
+    total
+}
+
+/// Sorts `values` ascending and returns the number of pairs i < j with values[i] > values[j].
+pub fn sort_counting_inversions(values: &mut [u64], scratch: &mut [u64]) -> u64 {
+    let n = values.len();
+    if n <= 32 {
+        return insertion_sort_counting(values);
+    }
+    let mid = n / 2;
+    let (left, right) = values.split_at_mut(mid);
+    let (left_scratch, right_scratch) = scratch.split_at_mut(mid);
+    let (left_inv, right_inv) = if n >= PARALLEL_MIN {
+        rayon::join(
+            || sort_counting_inversions(left, left_scratch),
+            || sort_counting_inversions(right, right_scratch),
+        )
+    } else {
+        (sort_counting_inversions(left, left_scratch), sort_counting_inversions(right, right_scratch))
+    };
+    let cross = merge_counting(&values[..mid], &values[mid..], &mut scratch[..n]);
+    values.copy_from_slice(&scratch[..n]);
+    left_inv + right_inv + cross
+}
+
+fn insertion_sort_counting(values: &mut [u64]) -> u64 {
+    let mut inversions = 0u64;
+    for i in 1..values.len() {
+        let value = values[i];
+        let mut j = i;
+        while j > 0 && values[j - 1] > value {
+            values[j] = values[j - 1];
+            j -= 1;
+        }
+        inversions += (i - j) as u64;
+        values[j] = value;
+    }
+    inversions
+}
+
+/// Merges two sorted runs into `out`, counting pairs (a in left, b in right) with a > b.
+fn merge_counting(left: &[u64], right: &[u64], out: &mut [u64]) -> u64 {
+    let (mut i, mut j, mut k) = (0, 0, 0);
+    let mut inversions = 0u64;
+    while i < left.len() && j < right.len() {
+        if right[j] < left[i] {
+            out[k] = right[j];
+            inversions += (left.len() - i) as u64;
+            j += 1;
+        } else {
+            out[k] = left[i];
+            i += 1;
+        }
+        k += 1;
+    }
+    out[k..k + left.len() - i].copy_from_slice(&left[i..]);
+    k += left.len() - i;
+    out[k..].copy_from_slice(&right[j..]);
+    inversions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn known_value_from_scipy_docs() {
+        let x = [12.0, 2.0, 1.0, 12.0, 2.0];
+        let y = [1.0, 4.0, 7.0, 1.0, 0.0];
+        let expected = -0.47140452079103173;
+        assert!((pair_counts_pairwise(&x, &y).tau_b() - expected).abs() < 1e-15);
+        assert!((pair_counts_sorted(&x, &y).tau_b() - expected).abs() < 1e-15);
+    }
+
+    #[test]
+    fn sorted_counts_equal_pairwise_counts_with_heavy_ties() {
+        let mut seed = 7;
+        for n in [0usize, 1, 2, 3, 17, 33, 64, 200, 1000] {
+            for levels in [1u64, 2, 5, 1000] {
+                let x: Vec<f64> = (0..n).map(|_| (lcg(&mut seed) % levels) as f64).collect();
+                let y: Vec<f32> = (0..n).map(|_| (lcg(&mut seed) % levels) as f32 - 1.5).collect();
+                let xf: Vec<f64> = x.clone();
+                let yf: Vec<f64> = y.iter().map(|&v| v as f64).collect();
+                assert_eq!(pair_counts_pairwise(&xf, &yf), pair_counts_sorted(&xf, &yf), "n={n} levels={levels}");
+            }
+        }
+    }
+
+    #[test]
+    fn nan_when_constant_or_short() {
+        assert!(tau_b::<f64>(&[], &[]).is_nan());
+        assert!(tau_b(&[1.0], &[2.0]).is_nan());
+        assert!(tau_b(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]).is_nan());
+        assert_eq!(tau_b(&[1.0, 2.0], &[3.0, 4.0]), 1.0);
+        assert_eq!(tau_b(&[1.0, 2.0], &[4.0, 3.0]), -1.0);
+    }
+
+    #[test]
+    fn signed_zeros_tie() {
+        assert!(tau_b(&[-0.0, 0.0, 1.0], &[1.0, 2.0, 3.0]) < 1.0);
+        let counts = pair_counts_sorted(&[-0.0, 0.0, 1.0], &[1.0, 2.0, 3.0]);
+        assert_eq!(counts.x_ties, 1);
+    }
+
+    #[test]
+    fn inversion_count_matches_brute_force() {
+        let mut seed = 11;
+        for n in [0usize, 1, 5, 31, 32, 33, 100, 70_000] {
+            let original: Vec<u64> = (0..n).map(|_| lcg(&mut seed) % 50).collect();
+            let mut values = original.clone();
+            let mut scratch = vec![0; n];
+            let counted = sort_counting_inversions(&mut values, &mut scratch);
+            assert!(values.windows(2).all(|w| w[0] <= w[1]));
+            if n <= 100 {
+                let brute: u64 = (0..n)
+                    .flat_map(|i| ((i + 1)..n).map(move |j| (i, j)))
+                    .filter(|&(i, j)| original[i] > original[j])
+                    .count() as u64;
+                assert_eq!(counted, brute);
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! `shfcas_fast._core`: the compiled core of shfcas-fast.
+//!
+//! The algorithms are plain Rust functions in the modules below, unit-tested with `cargo test`; this
+//! file only adapts them to Python: it borrows numpy arrays without copying, releases the
+//! interpreter, runs the work in the engine's own thread pool, and turns every failure (a panic
+//! included) into a Python exception.
+
+pub mod groups;
+pub mod kendall;
+pub mod pool;
+pub mod real;
+pub mod scoring;
+pub mod topk;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use rayon::prelude::*;
+
+use crate::real::Real;
+use crate::scoring::Wanted;
+
+/// A 1-D float array from Python, borrowed without copying.
+#[derive(FromPyObject)]
+enum FloatArray<'py> {
+    F64(PyReadonlyArray1<'py, f64>),
+    F32(PyReadonlyArray1<'py, f32>),
+}
+
+/// A contiguous view of a [`FloatArray`].
+#[derive(Clone, Copy)]
+enum FloatSlice<'a> {
+    F64(&'a [f64]),
+    F32(&'a [f32]),
+}
+
+impl<'py> FloatArray<'py> {
+    fn as_slice(&self, name: &str) -> PyResult<FloatSlice<'_>> {
+        let contiguous = |_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array"));
+        Ok(match self {
+            FloatArray::F64(a) => FloatSlice::F64(a.as_slice().map_err(contiguous)?),
+            FloatArray::F32(a) => FloatSlice::F32(a.as_slice().map_err(contiguous)?),
+        })
+    }
+}
+
+impl FloatSlice<'_> {
+    fn len(&self) -> usize {
+        match self {
+            FloatSlice::F64(s) => s.len(),
+            FloatSlice::F32(s) => s.len(),
+        }
+    }
+}
+
+/// Two equal-length slices of one float type.
+fn same_typed<'a>(x: FloatSlice<'a>, y: FloatSlice<'a>, names: (&str, &str)) -> PyResult<Pair<'a>> {
+    if x.len() != y.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} and {} must have the same length, got {} and {}",
+            names.0,
+            names.1,
+            x.len(),
+            y.len()
+        )));
+    }
+    match (x, y) {
+        (FloatSlice::F64(a), FloatSlice::F64(b)) => Ok(Pair::F64(a, b)),
+        (FloatSlice::F32(a), FloatSlice::F32(b)) => Ok(Pair::F32(a, b)),
+        _ => Err(PyValueError::new_err(format!("{} and {} must have the same dtype", names.0, names.1))),
+    }
+}
+
+enum Pair<'a> {
+    F64(&'a [f64], &'a [f64]),
+    F32(&'a [f32], &'a [f32]),
+}
+
+/// Runs `work` without the interpreter, inside the engine's pool, turning panics into errors.
+fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyResult<R> {
+    let outcome = py.detach(|| {
+        let pool = pool::pool()?;
+        catch_unwind(AssertUnwindSafe(|| pool.install(work))).map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            format!("internal error in the shfcas_fast core (please report it): {message}")
+        })
+    });
+    outcome.map_err(PyRuntimeError::new_err)
+}
+
+fn checked_offsets<'a>(offsets: &'a PyReadonlyArray1<'_, i64>, n: usize) -> PyResult<&'a [i64]> {
+    let slice = offsets.as_slice().map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
+    groups::validate_offsets(slice, n).map_err(PyValueError::new_err)?;
+    Ok(slice)
+}
+
+fn score_pair(pair: &Pair<'_>, offsets: &[i64], wanted: Wanted) -> scoring::Scores {
+    match *pair {
+        Pair::F64(l, r) => scoring::score(l, r, offsets, wanted),
+        Pair::F32(l, r) => scoring::score(l, r, offsets, wanted),
+    }
+}
+
+/// Index of the first NaN or infinite value, or None.
+#[pyfunction]
+fn first_non_finite(py: Python<'_>, values: FloatArray<'_>) -> PyResult<Option<usize>> {
+    fn find<T: Real>(values: &[T]) -> Option<usize> {
+        values.par_iter().position_first(|v| !v.to_f64().is_finite())
+    }
+    let values = values.as_slice("values")?;
+    run_detached(py, || match values {
+        FloatSlice::F64(s) => find(s),
+        FloatSlice::F32(s) => find(s),
+    })
+}
+
+/// Signed PACS of every item.
+#[pyfunction]
+fn pacs<'py>(
+    py: Python<'py>,
+    logprobs: FloatArray<'py>,
+    rewards: FloatArray<'py>,
+    offsets: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let pair = same_typed(logprobs.as_slice("logprobs")?, rewards.as_slice("rewards")?, ("logprobs", "rewards"))?;
+    let n = match pair {
+        Pair::F64(l, _) => l.len(),
+        Pair::F32(l, _) => l.len(),
+    };
+    let offsets = checked_offsets(&offsets, n)?;
+    let scores = run_detached(py, || score_pair(&pair, offsets, Wanted::PACS))?;
+    Ok(scores.pacs.into_pyarray(py))
+}
+
+/// Every conflict measure: (z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn score<'py>(
+    py: Python<'py>,
+    logprobs: FloatArray<'py>,
+    rewards: FloatArray<'py>,
+    offsets: PyReadonlyArray1<'py, i64>,
+) -> PyResult<(
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<bool>>,
+)> {
+    let pair = same_typed(logprobs.as_slice("logprobs")?, rewards.as_slice("rewards")?, ("logprobs", "rewards"))?;
+    let n = match pair {
+        Pair::F64(l, _) => l.len(),
+        Pair::F32(l, _) => l.len(),
+    };
+    let offsets = checked_offsets(&offsets, n)?;
+    let s = run_detached(py, || score_pair(&pair, offsets, Wanted::ALL))?;
+    Ok((
+        s.z_logprob.into_pyarray(py),
+        s.z_reward.into_pyarray(py),
+        s.pacs.into_pyarray(py),
+        s.group_conflict.into_pyarray(py),
+        s.kendall_tau.into_pyarray(py),
+        s.degenerate.into_pyarray(py),
+    ))
+}
+
+/// tau-b of each group.
+#[pyfunction]
+fn kendall_tau_grouped<'py>(
+    py: Python<'py>,
+    x: FloatArray<'py>,
+    y: FloatArray<'py>,
+    offsets: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let pair = same_typed(x.as_slice("x")?, y.as_slice("y")?, ("x", "y"))?;
+    let n = match pair {
+        Pair::F64(a, _) => a.len(),
+        Pair::F32(a, _) => a.len(),
+    };
+    let offsets = checked_offsets(&offsets, n)?;
+    let s = run_detached(py, || score_pair(&pair, offsets, Wanted::KENDALL))?;
+    Ok(s.kendall_tau.into_pyarray(py))
+}
+
+/// tau-b over all items, O(n log n).
+#[pyfunction]
+fn kendall_tau(py: Python<'_>, x: FloatArray<'_>, y: FloatArray<'_>) -> PyResult<f64> {
+    let pair = same_typed(x.as_slice("x")?, y.as_slice("y")?, ("x", "y"))?;
+    run_detached(py, || match pair {
+        Pair::F64(a, b) => kendall::pair_counts_sorted(a, b).tau_b(),
+        Pair::F32(a, b) => kendall::pair_counts_sorted(a, b).tau_b(),
+    })
+}
+
+/// Indices of the k largest non-NaN values, best first, ties to the lower index.
+#[pyfunction]
+fn top_k<'py>(py: Python<'py>, scores: FloatArray<'py>, k: usize) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let scores = scores.as_slice("scores")?;
+    let chosen = run_detached(py, || match scores {
+        FloatSlice::F64(s) => topk::top_k(s, k),
+        FloatSlice::F32(s) => topk::top_k(s, k),
+    })?;
+    Ok(chosen.into_pyarray(py))
+}
+
+/// Worker threads of the engine's pool (`SHFCAS_NUM_THREADS`, default all cores).
+#[pyfunction]
+fn num_threads(py: Python<'_>) -> PyResult<usize> {
+    run_detached(py, rayon::current_num_threads)
+}
+
+/// How this core was built.
+#[pyfunction]
+fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let info = PyDict::new(py);
+    info.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    info.set_item("profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    info.set_item("target", format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS))?;
+    info.set_item("abi3", true)?;
+    info.set_item("threads_env", pool::THREADS_ENV)?;
+    Ok(info)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(first_non_finite, m)?)?;
+    m.add_function(wrap_pyfunction!(pacs, m)?)?;
+    m.add_function(wrap_pyfunction!(score, m)?)?;
+    m.add_function(wrap_pyfunction!(kendall_tau_grouped, m)?)?;
+    m.add_function(wrap_pyfunction!(kendall_tau, m)?)?;
+    m.add_function(wrap_pyfunction!(top_k, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    Ok(())
+}
