@@ -1,0 +1,595 @@
+"""From a model's output to conflict scores on the device: sequence log-probs, z-scores, PACS.
+
+Torch tensors in, torch tensors out on the same device. Every entry point is autograd-free (scoring
+data, not training) and accumulates in fp32 whatever the input dtype. ``backend`` picks the
+implementation: ``"auto"`` runs the Triton kernels of :mod:`shfcas_fast.kernels` on CUDA and torch
+elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
+before the kernels are first imported), ``"torch"`` forces the chunked torch path.
+
+Example:
+```python
+>>> import torch, shfcas_fast.logprobs as lp
+>>> logits = torch.randn(4, 6, 50)
+>>> labels = torch.randint(0, 50, (4, 6))
+>>> lp.sequence_logprobs(logits, labels, backend="torch").shape
+torch.Size([4])
+
+```
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Literal
+
+import torch
+
+from ._validation import as_float_pair, group_offsets
+from .scoring import ConflictScores, kendall_tau, score
+
+__all__ = [
+    "sequence_logprobs",
+    "sequence_logprobs_from_hidden",
+    "score_logits",
+    "policy_logprobs",
+]
+
+Backend = Literal["auto", "triton", "torch"]
+Reduction = Literal["sum", "mean"]
+
+_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Vocabulary chunk one program of the logits kernel streams at a time.
+LOGITS_BLOCK_V = 4096
+#: The torch logits path upcasts at most this many logits to fp32 at once (64 MiB).
+TORCH_LOGITS_CHUNK_ELEMENTS = 1 << 24
+#: The torch hidden-state path builds fp32 logits tiles of at most this many tokens x vocabulary.
+HIDDEN_CHUNK_TOKENS = 2048
+HIDDEN_CHUNK_VOCAB = 8192
+#: Tile of the hidden-state kernel on a GPU (tokens, vocabulary, hidden) and its launch settings.
+HIDDEN_GPU_BLOCKS = (128, 128, 64)
+HIDDEN_GPU_LAUNCH = {"num_warps": 8, "num_stages": 3}
+#: Small tiles under the interpreter, so test shapes still span several tiles and slices.
+HIDDEN_INTERPRETER_BLOCKS = (16, 32, 16)
+#: Block of the per-prompt z-score kernel (groups larger than this are swept in chunks).
+GROUP_BLOCK = 128
+#: Config attributes of architectures whose final logits are not ``lm_head(hidden)``.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def sequence_logprobs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "sum",
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Masked per-sequence sum (or mean) of the labels' log-probabilities, read straight off the logits.
+
+    Example:
+    ```python
+    >>> import torch, shfcas_fast.logprobs as lp
+    >>> logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens: each counted token adds log(1/4)
+    >>> labels = torch.tensor([[1, 2, -100]])
+    >>> lp.sequence_logprobs(logits, labels, backend="torch")
+    tensor([-2.7726])
+
+    ```
+
+    Args:
+        logits: ``[B, T, V]`` float32, bfloat16 or float16; only the last dimension must be contiguous,
+            so a view such as ``outputs.logits[:, :-1]`` is read in place.
+        labels: ``[B, T]`` integers aligned with ``logits`` (``logits[b, t]`` scores ``labels[b, t]``,
+            as in TRL's ``selective_log_softmax``).
+        mask: optional ``[B, T]`` bool or 0/1 tensor; positions where it is False add nothing.
+        temperature: the logits are divided by it before the log-softmax.
+        ignore_index: label value of positions that add nothing.
+        reduction: ``"sum"`` (the paper's ``l``) or ``"mean"`` (divided by the number of counted tokens;
+            0 for a sequence with none).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see the module docstring).
+
+    Returns:
+        float32 ``[B]`` on the logits' device.
+    """
+    _check_tensor(logits, "logits", ndim=3, dtypes=_LOGITS_DTYPES)
+    batch, positions, vocab = logits.shape
+    if vocab == 0:
+        raise ValueError("logits has an empty vocabulary dimension")
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, logits.device)
+    with torch.no_grad():
+        if _use_triton(backend, logits.device):
+            token_logprobs = _token_logprobs_triton(logits, labels, counted, temperature)
+        else:
+            token_logprobs = _token_logprobs_torch(logits, labels, counted, temperature)
+        return _reduce_positions(token_logprobs.view(batch, positions), counted, reduction)
+
+
+def sequence_logprobs_from_hidden(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "sum",
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Sequence log-probabilities from final hidden states and the LM head, never building the logits.
+
+    Equal to ``sequence_logprobs(hidden @ weight.T + bias, labels, ...)`` but never holds more than a
+    tile of logits: on a GPU a tiled matmul with an online log-sum-exp (Triton), elsewhere a torch
+    loop over chunks of ``HIDDEN_CHUNK_TOKENS`` tokens x ``HIDDEN_CHUNK_VOCAB`` vocabulary entries.
+    Only counted positions are computed.
+
+    Example:
+    ```python
+    >>> import torch, shfcas_fast.logprobs as lp
+    >>> hidden, weight = torch.randn(2, 5, 16), torch.randn(100, 16)
+    >>> labels = torch.randint(0, 100, (2, 5))
+    >>> from_hidden = lp.sequence_logprobs_from_hidden(hidden, weight, labels, backend="torch")
+    >>> torch.allclose(from_hidden, lp.sequence_logprobs(hidden @ weight.T, labels, backend="torch"))
+    True
+
+    ```
+
+    Args:
+        hidden: ``[B, T, H]`` float32, bfloat16 or float16.
+        weight: ``[V, H]`` LM head weight, same dtype and device as ``hidden``.
+        labels: ``[B, T]`` integers; ``hidden[b, t]`` scores ``labels[b, t]``.
+        bias: optional ``[V]`` LM head bias.
+        mask, temperature, ignore_index, reduction, backend: as in :func:`sequence_logprobs`.
+
+    Returns:
+        float32 ``[B]`` on the hidden states' device.
+    """
+    _check_tensor(hidden, "hidden", ndim=3, dtypes=_LOGITS_DTYPES)
+    _check_tensor(weight, "weight", ndim=2, dtypes=(hidden.dtype,), device=hidden.device)
+    batch, positions, hidden_size = hidden.shape
+    vocab = weight.shape[0]
+    if weight.shape[1] != hidden_size:
+        raise ValueError(f"weight must be [V, {hidden_size}] to match hidden, got {tuple(weight.shape)}")
+    if vocab == 0:
+        raise ValueError("weight has an empty vocabulary dimension")
+    if bias is not None:
+        _check_tensor(bias, "bias", ndim=1, dtypes=_LOGITS_DTYPES, device=hidden.device)
+        if bias.shape[0] != vocab:
+            raise ValueError(f"bias must have {vocab} entries to match weight, got {bias.shape[0]}")
+    _check_temperature(temperature)
+    _check_reduction(reduction)
+    counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, hidden.device)
+    with torch.no_grad():
+        rows = counted.reshape(-1).nonzero().squeeze(1)
+        row_labels = labels.reshape(-1)[rows].to(torch.int64)
+        hidden_rows = hidden.reshape(-1, hidden_size)
+        if hidden_rows.stride(-1) != 1:
+            hidden_rows = hidden_rows.contiguous()
+        if _use_triton(backend, hidden.device):
+            counted_logprobs = _hidden_logprobs_triton(hidden_rows, weight, bias, rows, row_labels, temperature)
+        else:
+            counted_logprobs = _hidden_logprobs_torch(hidden_rows, weight, bias, rows, row_labels, temperature)
+        token_logprobs = torch.zeros(batch * positions, dtype=torch.float32, device=hidden.device)
+        token_logprobs[rows] = counted_logprobs
+        return _reduce_positions(token_logprobs.view(batch, positions), counted, reduction)
+
+
+def score_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    rewards: Any,
+    group_sizes: Any,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: Reduction = "sum",
+    backend: Backend = "auto",
+) -> ConflictScores:
+    """Every SHF-CAS conflict measure straight from a batch of logits.
+
+    Sequence log-probabilities (:func:`sequence_logprobs`), per-prompt z-scores, PACS and prompt
+    conflict run on the logits' device (one Triton program per prompt with the Triton backend; the
+    compiled engine on the CPU otherwise); Kendall tau-b runs in the compiled engine. The result is
+    :func:`shfcas_fast.score` of the sequence log-probabilities, as numpy arrays.
+
+    Example:
+    ```python
+    >>> import torch, shfcas_fast.logprobs as lp
+    >>> logits, labels = torch.randn(16, 5, 30), torch.randint(0, 30, (16, 5))
+    >>> scores = lp.score_logits(logits, labels, torch.randn(16), group_sizes=8, backend="torch")
+    >>> scores.group_conflict.shape
+    (2,)
+
+    ```
+
+    Args:
+        logits, labels, mask, temperature, ignore_index, reduction, backend: as in
+            :func:`sequence_logprobs`.
+        rewards: ``[B]`` proxy rewards (higher is better), any array-like or tensor.
+        group_sizes: completions per prompt, an int or ``g`` sizes summing to ``B``; the completions of a
+            prompt are contiguous.
+    """
+    sequence = sequence_logprobs(
+        logits,
+        labels,
+        mask=mask,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        backend=backend,
+    )
+    if isinstance(rewards, torch.Tensor):
+        rewards = rewards.detach().to("cpu")
+    logprobs_host, rewards_host = as_float_pair(sequence.cpu(), rewards, "logprobs", "rewards")
+    if not _use_triton(backend, logits.device):
+        return score(logprobs_host, rewards_host, group_sizes)
+
+    offsets = group_offsets(group_sizes, logprobs_host.shape[0])
+    z_logprob, z_reward, pacs, conflict, degenerate = _group_pacs_triton(
+        sequence.double(),
+        torch.from_numpy(rewards_host).to(logits.device, torch.float64),
+        torch.from_numpy(offsets).to(logits.device),
+    )
+    tau = kendall_tau(logprobs_host, rewards_host, offsets[1:] - offsets[:-1])
+    return ConflictScores(
+        pacs=pacs.cpu().numpy(),
+        z_logprob=z_logprob.cpu().numpy(),
+        z_reward=z_reward.cpu().numpy(),
+        group_conflict=conflict.cpu().numpy(),
+        kendall_tau=tau,
+        kendall_distance=(1.0 - tau) / 2.0,
+        degenerate=degenerate.cpu().numpy().astype(bool),
+    )
+
+
+def policy_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """Sequence log-probability of each response under a transformers causal LM, without its logits.
+
+    Runs the model's decoder for the last hidden state, then :func:`sequence_logprobs_from_hidden` on
+    the output embeddings (tied or not). Token ``t + 1`` is scored from position ``t``; it counts when
+    ``response_mask`` and ``attention_mask`` are both true at ``t + 1``. Equal to the naive
+    ``model(input_ids, attention_mask=attention_mask).logits`` computation.
+
+    Example:
+    ```python
+    >>> import torch, transformers, shfcas_fast.logprobs as lp
+    >>> config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50)
+    >>> model = transformers.GPT2LMHeadModel(config).eval()
+    >>> input_ids = torch.randint(0, 50, (2, 6))
+    >>> response_mask = torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)
+    >>> lp.policy_logprobs(model, input_ids, torch.ones_like(input_ids), response_mask).shape
+    torch.Size([2])
+
+    ```
+
+    Args:
+        model: a transformers causal LM (``get_decoder`` and ``get_output_embeddings``) whose final
+            logits are a plain linear map of the last hidden state (GPT-2, Llama, Qwen, Mistral...).
+        input_ids, attention_mask, response_mask: ``[B, T]`` on the model's device.
+        batch_size: sequences per forward pass.
+        temperature: sampling temperature the log-probabilities are taken at.
+        backend: as in :func:`sequence_logprobs`.
+
+    Returns:
+        float32 ``[B]`` on the model's device.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_no_logit_transform(model)
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"model's output embeddings must be a torch.nn.Linear, got {type(head).__name__}")
+    _check_tensor(input_ids, "input_ids", ndim=2)
+    for name, tensor in (("attention_mask", attention_mask), ("response_mask", response_mask)):
+        _check_tensor(tensor, name, ndim=2, device=input_ids.device)
+        if tensor.shape != input_ids.shape:
+            raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
+    decoder = model.get_decoder()
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    counted = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    counted[:, :-1] = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, input_ids.shape[0], batch_size):
+            batch = slice(start, start + batch_size)
+            hidden = decoder(
+                input_ids=input_ids[batch], attention_mask=attention_mask[batch], use_cache=False
+            ).last_hidden_state
+            chunks.append(
+                sequence_logprobs_from_hidden(
+                    hidden.to(head.weight.dtype),
+                    head.weight,
+                    labels[batch],
+                    bias=head.bias,
+                    mask=counted[batch],
+                    temperature=temperature,
+                    backend=backend,
+                )
+            )
+    return torch.cat(chunks)
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def _check_tensor(
+    value: Any,
+    name: str,
+    *,
+    ndim: int,
+    dtypes: tuple[torch.dtype, ...] | None = None,
+    device: torch.device | None = None,
+) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if dtypes is not None and value.dtype not in dtypes:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {allowed}, got {str(value.dtype).removeprefix('torch.')}")
+    if device is not None and value.device != device:
+        raise ValueError(f"{name} is on {value.device} but the other inputs are on {device}")
+
+
+def _check_temperature(temperature: Any) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and positive, got {temperature}")
+
+
+def _check_reduction(reduction: Any) -> None:
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f'reduction must be "sum" or "mean", got {reduction!r}')
+
+
+def _counted_positions(
+    labels: Any,
+    mask: Any,
+    shape: tuple[int, int],
+    vocab: int,
+    ignore_index: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Bool ``[B, T]``: positions that add their label's log-probability; checks labels and mask."""
+    _check_tensor(labels, "labels", ndim=2, device=device)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold integers, got dtype {str(labels.dtype).removeprefix('torch.')}")
+    if tuple(labels.shape) != shape:
+        raise ValueError(f"labels must have shape {shape} to match the inputs, got {tuple(labels.shape)}")
+    counted = labels != ignore_index
+    if mask is not None:
+        _check_tensor(mask, "mask", ndim=2, device=device)
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"mask must have shape {shape} to match the inputs, got {tuple(mask.shape)}")
+        counted &= mask.bool()
+    out_of_range = counted & ((labels < 0) | (labels >= vocab))
+    if out_of_range.any():
+        b, t = (int(i) for i in out_of_range.nonzero()[0])
+        raise ValueError(f"labels[{b}, {t}] is {int(labels[b, t])}, outside the vocabulary [0, {vocab})")
+    return counted
+
+
+def _check_no_logit_transform(model: torch.nn.Module) -> None:
+    """Refuse models whose final logits are not ``lm_head(hidden)``: the hidden path would be wrong."""
+    config = getattr(model, "config", None)
+    for attribute in _LOGIT_TRANSFORMS:
+        value = getattr(config, attribute, None)
+        if value is not None:
+            raise ValueError(
+                f"model config sets {attribute}={value!r}, a final-logit transform that policy_logprobs "
+                f"does not apply; score this model with sequence_logprobs on its logits"
+            )
+
+
+def _use_triton(backend: Any, device: torch.device) -> bool:
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return device.type == "cuda" and _triton_installed()
+    if backend != "triton":
+        raise ValueError(f'backend must be "auto", "triton" or "torch", got {backend!r}')
+    if not _triton_installed():
+        raise ValueError('backend="triton" needs the triton package (pip install "shfcas-fast[gpu]")')
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f'backend="triton" on {device} tensors needs TRITON_INTERPRET=1 set before the kernels load; '
+            f'use backend="torch" or CUDA tensors'
+        )
+    return True
+
+
+def _triton_installed() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- logits path ----------------------------------------------------------------------------------
+
+
+def _token_logprobs_torch(
+    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Flat float32 ``[B * T]`` label log-probs, 0 where not counted, in bounded fp32 chunks."""
+    batch, positions, vocab = logits.shape
+    out = torch.zeros(batch * positions, dtype=torch.float32, device=logits.device)
+    rows = counted.reshape(-1).nonzero().squeeze(1)
+    chunk = max(1, TORCH_LOGITS_CHUNK_ELEMENTS // vocab)
+    for start in range(0, rows.numel(), chunk):
+        row = rows[start : start + chunk]
+        b, t = row // positions, row % positions
+        x = logits[b, t].float() / temperature
+        label_logits = x.gather(1, labels[b, t].long().unsqueeze(1)).squeeze(1)
+        out[row] = label_logits - torch.logsumexp(x, dim=1)
+    return out
+
+
+def _token_logprobs_triton(
+    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    from .kernels.logprobs import token_logprobs_kernel
+
+    batch, positions, vocab = logits.shape
+    if logits.stride(-1) != 1:  # the kernel needs unit stride along the vocabulary only
+        logits = logits.contiguous()
+    out = torch.zeros(batch * positions, dtype=torch.float32, device=logits.device)
+    block_v = min(LOGITS_BLOCK_V, _next_power_of_2(vocab))
+    token_logprobs_kernel[(batch * positions,)](
+        logits,
+        labels.reshape(-1).contiguous(),
+        counted.reshape(-1).to(torch.int8),
+        out,
+        positions,
+        vocab,
+        logits.stride(0),
+        logits.stride(1),
+        float(temperature),
+        BLOCK_V=block_v,
+        num_warps=8 if block_v >= 2048 else 4,
+    )
+    return out
+
+
+def _reduce_positions(token_logprobs: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``[B, T]`` token log-probs (0 where not counted) to ``[B]``; torch's sum is deterministic."""
+    total = token_logprobs.sum(dim=1)
+    if reduction == "mean":
+        return total / counted.sum(dim=1).clamp_min(1).to(torch.float32)
+    return total
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# --- hidden-state path ------------------------------------------------------------------------------
+
+
+def _hidden_logprobs_torch(
+    hidden_rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    rows: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Label log-probs of ``hidden_rows[rows]`` with an online log-sum-exp over fp32 logits tiles."""
+    num_tokens, vocab = rows.numel(), weight.shape[0]
+    device = hidden_rows.device
+    running_max = torch.full((num_tokens,), -math.inf, dtype=torch.float32, device=device)
+    running_sum = torch.zeros(num_tokens, dtype=torch.float32, device=device)
+    label_logit = torch.zeros(num_tokens, dtype=torch.float32, device=device)
+    for vocab_start in range(0, vocab, HIDDEN_CHUNK_VOCAB):
+        weight_chunk = weight[vocab_start : vocab_start + HIDDEN_CHUNK_VOCAB].float()
+        bias_chunk = None if bias is None else bias[vocab_start : vocab_start + HIDDEN_CHUNK_VOCAB].float()
+        chunk_vocab = weight_chunk.shape[0]
+        for token_start in range(0, num_tokens, HIDDEN_CHUNK_TOKENS):
+            tokens = slice(token_start, token_start + HIDDEN_CHUNK_TOKENS)
+            logits = torch.nn.functional.linear(hidden_rows[rows[tokens]].float(), weight_chunk, bias_chunk)
+            logits /= temperature
+            local = labels[tokens] - vocab_start
+            inside = (local >= 0) & (local < chunk_vocab)
+            picked = logits.gather(1, local.clamp(0, chunk_vocab - 1).unsqueeze(1)).squeeze(1)
+            label_logit[tokens] += torch.where(inside, picked, 0.0)
+            new_max = torch.maximum(running_max[tokens], logits.max(dim=1).values)
+            tile_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)  # in place: one tile alive
+            running_sum[tokens] = running_sum[tokens] * torch.exp(running_max[tokens] - new_max) + tile_sum
+            running_max[tokens] = new_max
+    return label_logit - running_max - torch.log(running_sum)
+
+
+def _hidden_logprobs_triton(
+    hidden_rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    rows: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    from .kernels.hidden_logprobs import hidden_partials_kernel
+
+    num_tokens, vocab = rows.numel(), weight.shape[0]
+    if num_tokens == 0:
+        return torch.zeros(0, dtype=torch.float32, device=hidden_rows.device)
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    on_gpu = hidden_rows.device.type == "cuda"
+    block_t, block_v, block_h = HIDDEN_GPU_BLOCKS if on_gpu else HIDDEN_INTERPRETER_BLOCKS
+    token_tiles = -(-num_tokens // block_t)
+    # Split the vocabulary so that few tokens still give every SM two programs; the interpreter gets
+    # several slices too, so the tests cover the combination of partials.
+    target_programs = 2 * torch.cuda.get_device_properties(hidden_rows.device).multi_processor_count if on_gpu else 4
+    vocab_tiles = -(-vocab // block_v)
+    slices = min(vocab_tiles, max(1, -(-target_programs // token_tiles)))
+    slice_size = -(-vocab_tiles // slices) * block_v
+    slices = -(-vocab // slice_size)
+    partials = torch.empty(3, slices, num_tokens, dtype=torch.float32, device=hidden_rows.device)
+    hidden_partials_kernel[(token_tiles, slices)](
+        hidden_rows,
+        weight,
+        weight if bias is None else bias,  # never read without bias (HAS_BIAS=False)
+        rows,
+        labels,
+        partials[0],
+        partials[1],
+        partials[2],
+        num_tokens,
+        vocab,
+        hidden_rows.shape[1],
+        hidden_rows.stride(0),
+        weight.stride(0),
+        slice_size,
+        float(temperature),
+        HAS_BIAS=bias is not None,
+        # fp32 inputs take the exact fp32 dot, not TF32 (16-bit inputs ignore this).
+        INPUT_PRECISION="ieee",
+        UPCAST_TILES=not on_gpu and hidden_rows.dtype == torch.bfloat16,
+        BLOCK_T=block_t,
+        BLOCK_V=block_v,
+        BLOCK_H=block_h,
+        **(HIDDEN_GPU_LAUNCH if on_gpu else {}),
+    )
+    slice_max, slice_sum, slice_label = partials
+    total_max = slice_max.max(dim=0).values
+    log_normaliser = total_max + torch.log((slice_sum * torch.exp(slice_max - total_max)).sum(dim=0))
+    return slice_label.sum(dim=0) - log_normaliser
+
+
+# --- per-prompt statistics ---------------------------------------------------------------------------
+
+
+def _group_pacs_triton(
+    logprobs: torch.Tensor, rewards: torch.Tensor, offsets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(z_logprob, z_reward, pacs, group_conflict, degenerate)`` of float64 ``[n]`` inputs."""
+    from .kernels.zscore import group_pacs_kernel
+
+    n, groups = logprobs.shape[0], offsets.shape[0] - 1
+    z_logprob, z_reward, pacs = (torch.empty(n, dtype=torch.float64, device=logprobs.device) for _ in range(3))
+    conflict = torch.empty(groups, dtype=torch.float64, device=logprobs.device)
+    degenerate = torch.empty(groups, dtype=torch.int8, device=logprobs.device)
+    if groups:
+        group_pacs_kernel[(groups,)](
+            logprobs, rewards, offsets, z_logprob, z_reward, pacs, conflict, degenerate, BLOCK=GROUP_BLOCK
+        )
+    return z_logprob, z_reward, pacs, conflict, degenerate
