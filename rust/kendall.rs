@@ -121,24 +121,44 @@ fn tied_pairs<T>(sorted: &[T], equal: impl Fn(&T, &T) -> bool) -> u64 {
 }
 
 /// Sorts `values` ascending and returns the number of pairs i < j with values[i] > values[j].
+///
+/// `scratch` must be as long as `values`; its contents are overwritten.
 pub fn sort_counting_inversions(values: &mut [u64], scratch: &mut [u64]) -> u64 {
+    sort_counting_into(values, scratch, false)
+}
+
+/// Merge sort that alternates between the two buffers instead of copying back after each merge:
+/// sorts the contents of `values` into `values` (or into `scratch` when `into_scratch`).
+fn sort_counting_into(values: &mut [u64], scratch: &mut [u64], into_scratch: bool) -> u64 {
     let n = values.len();
     if n <= 32 {
-        return insertion_sort_counting(values);
+        let inversions = insertion_sort_counting(values);
+        if into_scratch {
+            scratch.copy_from_slice(values);
+        }
+        return inversions;
     }
     let mid = n / 2;
     let (left, right) = values.split_at_mut(mid);
     let (left_scratch, right_scratch) = scratch.split_at_mut(mid);
+    // The halves land in the buffer we are not merging into.
+    let halves_into_scratch = !into_scratch;
     let (left_inv, right_inv) = if n >= PARALLEL_MIN {
         rayon::join(
-            || sort_counting_inversions(left, left_scratch),
-            || sort_counting_inversions(right, right_scratch),
+            || sort_counting_into(left, left_scratch, halves_into_scratch),
+            || sort_counting_into(right, right_scratch, halves_into_scratch),
         )
     } else {
-        (sort_counting_inversions(left, left_scratch), sort_counting_inversions(right, right_scratch))
+        (
+            sort_counting_into(left, left_scratch, halves_into_scratch),
+            sort_counting_into(right, right_scratch, halves_into_scratch),
+        )
     };
-    let cross = merge_counting(&values[..mid], &values[mid..], &mut scratch[..n]);
-    values.copy_from_slice(&scratch[..n]);
+    let cross = if into_scratch {
+        merge_counting(&values[..mid], &values[mid..], scratch)
+    } else {
+        merge_counting(&scratch[..mid], &scratch[mid..], values)
+    };
     left_inv + right_inv + cross
 }
 
@@ -161,15 +181,14 @@ fn insertion_sort_counting(values: &mut [u64]) -> u64 {
 fn merge_counting(left: &[u64], right: &[u64], out: &mut [u64]) -> u64 {
     let (mut i, mut j, mut k) = (0, 0, 0);
     let mut inversions = 0u64;
+    // Branch-free: on random data the comparison is unpredictable.
     while i < left.len() && j < right.len() {
-        if right[j] < left[i] {
-            out[k] = right[j];
-            inversions += (left.len() - i) as u64;
-            j += 1;
-        } else {
-            out[k] = left[i];
-            i += 1;
-        }
+        let (a, b) = (left[i], right[j]);
+        let take_right = b < a;
+        out[k] = if take_right { b } else { a };
+        inversions += if take_right { (left.len() - i) as u64 } else { 0 };
+        j += take_right as usize;
+        i += !take_right as usize;
         k += 1;
     }
     out[k..k + left.len() - i].copy_from_slice(&left[i..]);
