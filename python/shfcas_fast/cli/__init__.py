@@ -14,7 +14,8 @@ Each command lives in its own module and registers itself on :data:`app` when im
 
 from __future__ import annotations
 
-from . import demo  # noqa: F401  (registers ``shfcas demo``)
+# Importing a command module registers its command on ``app``.
+from . import demo, score  # noqa: F401
 from .app import app
 
 __all__ = ["app", "main"]
