@@ -1,0 +1,198 @@
+"""The host API of ``shfcas_fast.logprobs`` on its torch backend (the Triton kernels: test_kernels.py).
+
+Every number is checked against a float64 transcription of the definition (``log_softmax`` in
+float64, a masked sum), against TRL's ``selective_log_softmax``, or against ``shfcas_fast.score``.
+The helpers ``reference_sequence_logprobs``, ``eager_sequence_logprobs`` and ``ragged_case`` are
+shared with test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from trl.trainer.utils import selective_log_softmax
+
+import reference
+import shfcas_fast
+from shfcas_fast import logprobs as lp
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def reference_sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """float64 ``sum_t counted * log_softmax(logits / temperature)[label]`` per sequence."""
+    log_probs = torch.log_softmax(logits.double() / temperature, dim=-1)
+    picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(counted, picked, 0.0).sum(dim=1)
+
+
+def eager_sequence_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """The plain PyTorch computation in the logits' own dtype: the error yardstick."""
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    picked = log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(counted, picked.float(), 0.0).sum(dim=1)
+
+
+def error_bound(logits, labels, counted, temperature) -> torch.Tensor:
+    """Per sequence: twice the eager error at the same dtype (the flash-attention rule), plus a few
+    fp32 ulps of the summed magnitude, since an fp32 eager error can be near 0 by luck."""
+    expected = reference_sequence_logprobs(logits, labels, counted, temperature)
+    eager = eager_sequence_logprobs(logits, labels, counted, temperature).double()
+    log_probs = torch.log_softmax(logits.double() / temperature, dim=-1)
+    magnitude = torch.where(counted, log_probs.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1), 0.0)
+    return 2 * (eager - expected).abs() + 1e-6 * magnitude.abs().sum(dim=1)
+
+
+def ragged_case(
+    batch: int, positions: int, vocab: int, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A sliced (non-contiguous) logits view, labels with ``ignore_index`` holes and a ragged mask
+    with one all-masked row, like the shifted outputs of a causal LM on left-padded prompts."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(batch, positions + 1, vocab, generator=generator)).to(dtype)[:, :-1]
+    labels = torch.randint(0, vocab, (batch, positions), generator=generator)
+    labels[0, -1] = -100
+    starts = torch.randint(0, positions, (batch,), generator=generator)
+    mask = torch.arange(positions) >= starts.unsqueeze(1)
+    mask[1] = False
+    return logits, labels, mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_torch_path_error_is_at_most_twice_eager(dtype, temperature):
+    logits, labels, mask = ragged_case(4, 9, 1000, dtype)
+    counted = mask & (labels != -100)
+    got = lp.sequence_logprobs(logits, labels, mask=mask, temperature=temperature, backend="torch")
+    expected = reference_sequence_logprobs(logits, labels, counted, temperature)
+    assert got.dtype == torch.float32
+    assert torch.all((got.double() - expected).abs() <= error_bound(logits, labels, counted, temperature))
+    assert got[1] == 0.0  # the all-masked row adds nothing
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.3])
+def test_sum_matches_trl_selective_log_softmax(temperature):
+    logits, labels, mask = ragged_case(3, 8, 4099, torch.float32, seed=1)
+    counted = mask & (labels != -100)
+    per_token = selective_log_softmax(logits, labels.clamp_min(0), temperature=temperature)
+    expected = (per_token * counted).sum(dim=1)
+    got = lp.sequence_logprobs(logits, labels, mask=mask, temperature=temperature, backend="torch")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_mean_divides_by_counted_tokens_and_empty_rows_give_zero():
+    logits, labels, mask = ragged_case(4, 7, 300, torch.float32, seed=2)
+    counted = mask & (labels != -100)
+    got = lp.sequence_logprobs(logits, labels, mask=mask, reduction="mean", backend="torch")
+    totals = reference_sequence_logprobs(logits, labels, counted)
+    expected = torch.where(counted.any(dim=1), totals / counted.sum(dim=1).clamp_min(1), 0.0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-5)
+
+
+def test_torch_path_is_exact_across_chunk_boundaries(monkeypatch):
+    logits, labels, mask = ragged_case(3, 11, 257, torch.float32, seed=3)
+    whole = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
+    monkeypatch.setattr(lp, "TORCH_LOGITS_CHUNK_ELEMENTS", 3 * 257)  # three rows per chunk
+    chunked = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_hidden_path_matches_the_explicit_matmul(dtype, monkeypatch):
+    # Chunks smaller than the problem: 3 token chunks and 3 vocabulary chunks, the last ones ragged.
+    monkeypatch.setattr(lp, "HIDDEN_CHUNK_TOKENS", 8)
+    monkeypatch.setattr(lp, "HIDDEN_CHUNK_VOCAB", 400)
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(3, 9, 24, generator=generator).to(dtype)
+    weight = (torch.randn(1000, 24, generator=generator) / 3).to(dtype)
+    bias = torch.randn(1000, generator=generator).to(dtype)
+    labels = torch.randint(0, 1000, (3, 9), generator=generator)
+    mask = torch.rand(3, 9, generator=generator) > 0.2
+    got = lp.sequence_logprobs_from_hidden(
+        hidden, weight, labels, bias=bias, mask=mask, temperature=0.8, backend="torch"
+    )
+    logits = hidden.double() @ weight.double().T + bias.double()
+    expected = reference_sequence_logprobs(logits, labels, mask, temperature=0.8)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_hidden_path_mean_reduction_and_ignore_index():
+    generator = torch.Generator().manual_seed(5)
+    hidden, weight = torch.randn(2, 6, 8, generator=generator), torch.randn(50, 8, generator=generator)
+    labels = torch.randint(0, 50, (2, 6), generator=generator)
+    labels[0, :4] = -1
+    got = lp.sequence_logprobs_from_hidden(hidden, weight, labels, ignore_index=-1, reduction="mean", backend="torch")
+    counted = labels != -1
+    expected = reference_sequence_logprobs(hidden.double() @ weight.double().T, labels, counted) / counted.sum(1)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_score_logits_equals_score_of_sequence_logprobs():
+    logits, labels, mask = ragged_case(12, 6, 500, torch.bfloat16, seed=6)
+    mask[1] = True  # keep every group non-degenerate but one
+    rewards = torch.randn(12, generator=torch.Generator().manual_seed(7))
+    rewards[8:] = 0.5  # a constant-reward group: degenerate
+    sizes = np.array([4, 4, 3, 1])
+    got = lp.score_logits(logits, labels, rewards, sizes, mask=mask, backend="torch")
+    sequence = reference_sequence_logprobs(logits, labels, mask & (labels != -100))
+    expected = reference.score(sequence.numpy(), rewards.double().numpy(), sizes)
+    np.testing.assert_allclose(got.pacs, expected.pacs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.group_conflict, expected.group_conflict, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.kendall_tau, expected.kendall_tau, rtol=1e-12)
+    np.testing.assert_array_equal(got.degenerate, expected.degenerate)
+    assert isinstance(got, shfcas_fast.ConflictScores)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"logits": torch.zeros(2, 3)}, ValueError, "logits must have 3 dimensions"),
+        ({"logits": torch.zeros(2, 3, 4, dtype=torch.float64)}, TypeError, "logits must have dtype"),
+        ({"labels": torch.zeros(2, 3)}, TypeError, "labels must hold integers"),
+        ({"labels": torch.zeros(2, 4, dtype=torch.long)}, ValueError, "labels must have shape"),
+        ({"labels": torch.full((2, 3), 4)}, ValueError, r"labels\[0, 0\] is 4, outside the vocabulary"),
+        ({"mask": torch.ones(3, 3, dtype=torch.bool)}, ValueError, "mask must have shape"),
+        ({"temperature": 0.0}, ValueError, "temperature must be finite and positive"),
+        ({"reduction": "max"}, ValueError, "reduction must be"),
+        ({"backend": "cuda"}, ValueError, "backend must be"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, error, message):
+    arguments = {"logits": torch.zeros(2, 3, 4), "labels": torch.zeros(2, 3, dtype=torch.long)} | kwargs
+    with pytest.raises(error, match=message):
+        lp.sequence_logprobs(**arguments)
+
+
+def test_out_of_range_labels_at_uncounted_positions_are_fine():
+    labels = torch.tensor([[7, 1, 2]])
+    got = lp.sequence_logprobs(torch.zeros(1, 3, 4), labels, mask=labels < 4, backend="torch")
+    torch.testing.assert_close(got, torch.tensor([2 * np.log(0.25)], dtype=torch.float32))
+
+
+def test_hidden_path_checks_weight_and_bias():
+    hidden, labels = torch.zeros(1, 2, 8), torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"weight must be \[V, 8\]"):
+        lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 7), labels)
+    with pytest.raises(TypeError, match="weight must have dtype float32"):
+        lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 8, dtype=torch.bfloat16), labels)
+    with pytest.raises(ValueError, match="bias must have 5 entries"):
+        lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 8), labels, bias=torch.zeros(4))
+
+
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        lp.sequence_logprobs(torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long), backend="triton")
+
+
+def test_score_logits_refuses_non_finite_log_probs():
+    logits = torch.zeros(2, 2, 3)
+    logits[0, 0, 1] = -torch.inf  # the label has probability 0: l = -inf
+    labels = torch.ones(2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"logprobs\[0\] is -inf"):
+        lp.score_logits(logits, labels, [0.0, 1.0], 2, backend="torch")
