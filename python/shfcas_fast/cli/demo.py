@@ -1,0 +1,52 @@
+"""``shfcas demo``: the reproducible biased-proxy experiment (no download, CPU only).
+
+Example:
+```python
+>>> from typer.testing import CliRunner
+>>> from shfcas_fast.cli import app
+>>> "--seeds" in CliRunner().invoke(app, ["demo", "--help"]).output
+True
+
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+
+__all__ = ["demo"]
+
+
+@app.command("demo")
+def demo(
+    output: Path = typer.Option(
+        Path("shfcas-demo-report"), "-o", "--output", help="Report directory (results.json, plots, run artefacts)."
+    ),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Number of seeds; each seed reruns every arm."),
+    budget: int = typer.Option(
+        12, "--budget", min=1, help="Prompts sent to the gold oracle per arm (the same for random and SHF-CAS)."
+    ),
+    strategy: str = typer.Option(
+        "pacs", "--strategy", help='Conflict measure of the SHF-CAS arm: "pacs" or "kendall".'
+    ),
+    fast: bool = typer.Option(
+        False, "--fast", help="A much smaller configuration (seconds): for smoke tests, not for conclusions."
+    ),
+    threads: int = typer.Option(2, "--threads", min=1, help="CPU threads torch may use."),
+) -> None:
+    """Run no-extra-feedback vs random selection vs SHF-CAS on the embedded synthetic safety task."""
+    # Imported here: torch, transformers and TRL are optional and slow to import.
+    from ..loop.demo import DemoConfig, run_demo
+
+    if strategy not in ("pacs", "kendall"):
+        raise typer.BadParameter(f'must be "pacs" or "kendall", got {strategy!r}', param_hint="--strategy")
+    config = DemoConfig(
+        output_dir=str(output), num_seeds=seeds, budget=budget, strategy=strategy, fast=fast, num_threads=threads
+    )
+    report = run_demo(config)
+    typer.echo(report.summary_table())
+    typer.echo(f"Full results: {output / 'results.json'}")

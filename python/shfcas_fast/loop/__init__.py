@@ -1,0 +1,46 @@
+"""The SHF-CAS loop on TRL: sampling, oracles, preference pairs, reward-model and policy refinement,
+evaluation, a conflict-monitoring callback, and the embedded synthetic biased-proxy experiment.
+
+Example:
+```python
+>>> from shfcas_fast.loop import SHFCASConfig, preference_pairs
+>>> preference_pairs(["q ", "q "], ["worse", "better"], [-1.0, 1.0], group_sizes=2)["chosen"]
+['better']
+
+```
+
+Needs the ``trl`` extra (``pip install shfcas-fast[trl]``).
+"""
+
+from __future__ import annotations
+
+from .callback import ConflictMonitorCallback
+from .evaluation import conflict_summary, evaluate_policy
+from .loop import STAGES, SHFCASConfig, SHFCASLoop
+from .oracles import CallableOracle, FileOracle, LabelsPending, Oracle, RewardModelOracle, label_key
+from .policy import refine_policy_dpo, refine_policy_grpo
+from .preference import preference_pairs
+from .reward_model import fresh_copy, train_reward_model
+from .sampling import SampledCompletions, sample_completions
+
+__all__ = [
+    "STAGES",
+    "CallableOracle",
+    "ConflictMonitorCallback",
+    "FileOracle",
+    "LabelsPending",
+    "Oracle",
+    "RewardModelOracle",
+    "SHFCASConfig",
+    "SHFCASLoop",
+    "SampledCompletions",
+    "conflict_summary",
+    "evaluate_policy",
+    "fresh_copy",
+    "label_key",
+    "preference_pairs",
+    "refine_policy_dpo",
+    "refine_policy_grpo",
+    "sample_completions",
+    "train_reward_model",
+]
