@@ -1,0 +1,192 @@
+"""The Triton kernels, through the public API with ``backend="triton"``.
+
+On a machine without CUDA they run under Triton's interpreter on tiny odd shapes. Triton chooses
+between compiling and interpreting when a kernel is *defined*, so ``TRITON_INTERPRET=1`` is set
+here, before anything imports ``shfcas_fast.kernels`` (only ``shfcas_fast.logprobs`` does, lazily,
+at the first launch). Tests skip only when neither CUDA nor the interpreter is available. Tests
+marked ``gpu`` need real hardware: sizes past 2**31 elements and the bf16 tensor-core matmul.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import transformers  # noqa: E402
+from trl.trainer.utils import selective_log_softmax  # noqa: E402
+
+import reference  # noqa: E402
+from shfcas_fast import logprobs as lp  # noqa: E402
+from test_logprobs import (  # noqa: E402
+    DTYPES,
+    error_bound,
+    ragged_case,
+    reference_sequence_logprobs,
+)
+
+
+def _kernels_runnable() -> tuple[bool, str]:
+    if torch.cuda.is_available():
+        return True, ""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        from shfcas_fast.kernels.logprobs import token_logprobs_kernel
+    except ImportError as err:
+        return False, f"triton is not importable: {err}"
+    if not isinstance(token_logprobs_kernel, InterpretedFunction):
+        return False, "no CUDA, and shfcas_fast.kernels was imported before TRITON_INTERPRET=1 was set"
+    return True, ""
+
+
+_RUNNABLE, _WHY_NOT = _kernels_runnable()
+pytestmark = pytest.mark.skipif(not _RUNNABLE, reason=_WHY_NOT)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("vocab", [1000, 4099])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logits_kernel_error_is_at_most_twice_eager(dtype, vocab):
+    logits, labels, mask = ragged_case(3, 7, vocab, dtype)
+    logits, labels, mask = logits.to(DEVICE), labels.to(DEVICE), mask.to(DEVICE)
+    counted = mask & (labels != -100)
+    got = lp.sequence_logprobs(logits, labels, mask=mask, temperature=0.7, backend="triton")
+    expected = reference_sequence_logprobs(logits, labels, counted, 0.7)
+    assert got.dtype == torch.float32 and got.device == logits.device
+    assert torch.all((got.double() - expected).abs() <= error_bound(logits, labels, counted, 0.7))
+    assert got[1] == 0.0  # the all-masked row
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_logits_kernel_sum_matches_trl_selective_log_softmax(temperature):
+    logits, labels, mask = ragged_case(2, 9, 4099, torch.float32, seed=11)
+    logits, labels, mask = logits.to(DEVICE), labels.to(DEVICE), mask.to(DEVICE)
+    counted = mask & (labels != -100)
+    per_token = selective_log_softmax(logits, labels.clamp_min(0), temperature=temperature)
+    got = lp.sequence_logprobs(logits, labels, mask=mask, temperature=temperature, backend="triton")
+    torch.testing.assert_close(got, (per_token * counted).sum(dim=1), rtol=1e-5, atol=1e-4)
+
+
+def test_logits_kernel_mean_and_determinism():
+    logits, labels, mask = ragged_case(3, 5, 1000, torch.bfloat16, seed=12)
+    logits, labels, mask = logits.to(DEVICE), labels.to(DEVICE), mask.to(DEVICE)
+    first = lp.sequence_logprobs(logits, labels, mask=mask, reduction="mean", backend="triton")
+    second = lp.sequence_logprobs(logits, labels, mask=mask, reduction="mean", backend="triton")
+    assert torch.equal(first, second)  # bitwise: no atomics in any reduction
+    counted = mask & (labels != -100)
+    expected = reference_sequence_logprobs(logits, labels, counted) / counted.sum(dim=1).clamp_min(1)
+    torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [1000, 4099])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hidden_kernel_matches_the_explicit_matmul(dtype, vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    hidden = torch.randn(2, 7, 40, generator=generator).to(dtype)
+    weight = (torch.randn(vocab, 40, generator=generator) / 4).to(dtype)
+    bias = torch.randn(vocab, generator=generator).to(dtype)
+    labels = torch.randint(0, vocab, (2, 7), generator=generator)
+    mask = torch.rand(2, 7, generator=generator) > 0.3
+    tensors = [t.to(DEVICE) for t in (hidden, weight, bias, labels, mask)]
+    got = lp.sequence_logprobs_from_hidden(
+        *tensors[:2], tensors[3], bias=tensors[2], mask=tensors[4], temperature=0.7, backend="triton"
+    )
+    logits = hidden.double() @ weight.double().T + bias.double()
+    expected = reference_sequence_logprobs(logits, labels, mask, 0.7)
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_hidden_kernel_without_bias_all_masked_row_and_determinism():
+    generator = torch.Generator().manual_seed(13)
+    hidden = torch.randn(3, 5, 24, generator=generator, device="cpu").to(DEVICE)
+    weight = torch.randn(777, 24, generator=generator).to(DEVICE)
+    labels = torch.randint(0, 777, (3, 5), generator=generator).to(DEVICE)
+    mask = torch.ones(3, 5, dtype=torch.bool, device=DEVICE)
+    mask[2] = False
+    first = lp.sequence_logprobs_from_hidden(hidden, weight, labels, mask=mask, backend="triton")
+    second = lp.sequence_logprobs_from_hidden(hidden, weight, labels, mask=mask, backend="triton")
+    assert torch.equal(first, second)
+    assert first[2] == 0.0
+    expected = reference_sequence_logprobs(hidden.double() @ weight.double().T, labels, mask)
+    torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_score_logits_on_the_device_matches_the_float64_reference():
+    logits, labels, mask = ragged_case(13, 6, 1000, torch.float16, seed=14)
+    mask[1] = True
+    rewards = torch.randn(13, generator=torch.Generator().manual_seed(15))
+    rewards[9:12] = -1.0  # constant rewards: a degenerate group
+    sizes = np.array([5, 0, 4, 3, 1])  # an empty group and a lone completion too
+    got = lp.score_logits(
+        logits.to(DEVICE), labels.to(DEVICE), rewards.to(DEVICE), sizes, mask=mask.to(DEVICE), backend="triton"
+    )
+    sequence = reference_sequence_logprobs(logits, labels, mask & (labels != -100))
+    expected = reference.score(sequence.numpy(), rewards.double().numpy(), sizes)
+    for field in ("pacs", "z_logprob", "z_reward", "group_conflict"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.kendall_tau, expected.kendall_tau, rtol=1e-12)
+    np.testing.assert_allclose(got.kendall_distance, expected.kendall_distance, rtol=1e-12)
+    np.testing.assert_array_equal(got.degenerate, expected.degenerate)
+
+
+def test_score_logits_kernel_sweeps_groups_larger_than_its_block():
+    sizes = np.array([lp.GROUP_BLOCK + 37, 3])
+    n = int(sizes.sum())
+    logits, labels, mask = (t.to(DEVICE) for t in ragged_case(n, 2, 64, torch.float32, seed=16))
+    rewards = torch.randn(n, generator=torch.Generator().manual_seed(17))
+    got = lp.score_logits(logits, labels, rewards, sizes, mask=mask, backend="triton")
+    # Same sequence log-probs into the float64 reference, so only the z-score kernel is compared.
+    sequence = lp.sequence_logprobs(logits, labels, mask=mask, backend="triton")
+    expected = reference.score(sequence.double().cpu().numpy(), rewards.double().numpy(), sizes)
+    np.testing.assert_allclose(got.pacs, expected.pacs, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got.group_conflict, expected.group_conflict, rtol=1e-9)
+
+
+def test_policy_logprobs_on_the_triton_backend_matches_the_naive_logits():
+    config = transformers.LlamaConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )
+    model = transformers.LlamaForCausalLM(config).eval().to(DEVICE)
+    generator = torch.Generator().manual_seed(18)
+    input_ids = torch.randint(0, 1000, (3, 8), generator=generator).to(DEVICE)
+    attention_mask = torch.ones_like(input_ids)
+    response_mask = (torch.arange(8, device=DEVICE) >= 4).expand(3, 8)
+    got = lp.policy_logprobs(model, input_ids, attention_mask, response_mask, backend="triton")
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1]
+    expected = reference_sequence_logprobs(logits, input_ids[:, 1:], response_mask[:, 1:])
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_logits_kernel_offsets_past_2_to_the_31():
+    # 16,400 tokens x 131,072 vocabulary = 2.15e9 elements (4.3 GB in bf16): 32-bit offsets wrap.
+    positions, vocab = 16_400, 131_072
+    logits = torch.randn(1, positions, vocab, device="cuda", dtype=torch.bfloat16)
+    labels = torch.randint(0, vocab, (1, positions), device="cuda")
+    mask = torch.zeros(1, positions, dtype=torch.bool, device="cuda")
+    mask[0, -64:] = True  # the rows whose offsets exceed 2**31
+    got = lp.sequence_logprobs(logits, labels, mask=mask, backend="triton")
+    expected = reference_sequence_logprobs(logits[:, -64:], labels[:, -64:], mask[:, -64:])
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_hidden_kernel_bf16_tensor_cores_match_the_explicit_matmul():
+    generator = torch.Generator(device="cuda").manual_seed(19)
+    hidden = torch.randn(4, 300, 512, device="cuda", generator=generator).to(torch.bfloat16)
+    weight = (torch.randn(50_257, 512, device="cuda", generator=generator) / 16).to(torch.bfloat16)
+    labels = torch.randint(0, 50_257, (4, 300), device="cuda", generator=generator)
+    got = lp.sequence_logprobs_from_hidden(hidden, weight, labels, backend="triton")
+    expected = reference_sequence_logprobs(hidden.double() @ weight.double().T, labels, labels >= 0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-2)
