@@ -39,6 +39,7 @@ from .score import SCORE_FIELDS
 
 __all__ = [
     "Strategy",
+    "ScoredArgument",
     "ScoredPrompts",
     "load_scored",
     "StrategyOption",

@@ -1,0 +1,77 @@
+"""``shfcas report``: summary.json, a Markdown or HTML page and PNG plots of a scored file.
+
+Example:
+```python
+>>> from typer.testing import CliRunner
+>>> from shfcas_fast.cli import app
+>>> "--page" in CliRunner().invoke(app, ["report", "--help"]).output
+True
+
+```
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import io
+from ..report import write_report
+from ._common import OverwriteOption, PromptColumnOption, QuietOption, reports_errors
+from .app import app
+from .select import BudgetOption, ScoredArgument, SeedOption, Strategy, StrategyOption, ThresholdOption, load_scored
+
+__all__ = ["PageFormat"]
+
+
+class PageFormat(str, enum.Enum):
+    """The report page's format."""
+
+    MD = "md"
+    HTML = "html"
+
+
+@app.command("report")
+@reports_errors
+def report_command(
+    scored_path: ScoredArgument,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Report folder (created; must not exist without --overwrite).", show_default=False)
+    ],
+    strategy: StrategyOption = Strategy.PACS,
+    budget: BudgetOption = None,
+    threshold: ThresholdOption = None,
+    seed: SeedOption = 0,
+    page: Annotated[PageFormat, typer.Option("--page", help="Format of the report page.", case_sensitive=False)] = PageFormat.MD,
+    prompt_column: PromptColumnOption = "prompt",
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Report counts, thresholds and plots of a scored file and of the selection the options make.
+
+    Writes summary.json, report.md (or report.html), conflict_histogram.png, z_scatter.png and
+    tau_distribution.png.
+    """
+    with io.atomic_output(output, overwrite=overwrite, directory=True) as folder:
+        scored = load_scored(scored_path, prompt_column, quiet=quiet)
+        selected = scored.select(strategy, budget, threshold, seed)
+        summary = write_report(
+            folder,
+            scored.scores,
+            scored.groups.sizes,
+            selected,
+            strategy=strategy.value,
+            budget=budget,
+            threshold=threshold,
+            seed=seed,
+            source=str(scored_path),
+            page=page.value,
+        )
+    if not quiet:
+        counts = summary["counts"]
+        typer.echo(
+            f"Reported {counts['prompts']:,} prompts ({counts['selected_prompts']:,} selected) into {output}/", err=True
+        )

@@ -1,0 +1,297 @@
+"""A report on scored prompts and a selection: ``summary.json``, a Markdown or HTML page and PNG plots.
+
+Example:
+```python
+>>> import pathlib, tempfile
+>>> import numpy as np, shfcas_fast
+>>> from shfcas_fast.report import write_report
+>>> rng = np.random.default_rng(0)
+>>> scores = shfcas_fast.score(rng.normal(size=800), rng.normal(size=800), 8)
+>>> selected = shfcas_fast.select(scores, budget=10)
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> summary = write_report(folder, scores, np.full(100, 8), selected, strategy="pacs", budget=10)
+>>> summary["counts"]["selected_prompts"], sorted(path.name for path in folder.iterdir())[:2]
+(10, ['conflict_histogram.png', 'report.md'])
+
+```
+
+Plots are drawn with matplotlib's Agg canvas directly (no pyplot), so nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from . import _core
+from .scoring import DEFAULT_KENDALL_THRESHOLD, DEFAULT_PACS_THRESHOLD, ConflictScores
+
+__all__ = ["versions", "selection_cut", "summarize", "write_report", "PLOT_FILES"]
+
+#: The plots :func:`write_report` draws, by file name, with their captions.
+PLOT_FILES = {
+    "conflict_histogram.png": "Prompt conflict, with the selection cut",
+    "z_scatter.png": "z_reward against z_logprob, by selection",
+    "tau_distribution.png": "Per-prompt Kendall tau-b, all prompts and selected ones",
+}
+# Drawing millions of points adds nothing to a scatter plot but time.
+_MAX_SCATTER_POINTS = 20_000
+_CONFLICT_LEVELS = (1.0, 1.5)  # the paper's two thresholds on mean |PACS|
+_TITLE = "SHF-CAS conflict report"
+
+
+def versions() -> dict[str, Any]:
+    """Versions of Python, this package and its dependencies, and the Rust core's build."""
+    found: dict[str, Any] = {"python": platform.python_version()}
+    for package in ("shfcas-fast", "numpy", "pyarrow", "matplotlib"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    found["core_build"] = dict(_core.build_info())
+    return found
+
+
+def _measure(scores: ConflictScores, strategy: str) -> tuple[str, np.ndarray]:
+    """The per-prompt quantity ``strategy`` ranks by (random is compared on conflict)."""
+    if strategy == "kendall":
+        return "kendall_distance", scores.kendall_distance
+    return "group_conflict", scores.group_conflict
+
+
+def selection_cut(
+    scores: ConflictScores, selected: np.ndarray, strategy: str, budget: int | None, threshold: float | None
+) -> float | None:
+    """The value above which prompts were selected, or ``None`` where there is none (random).
+
+    That is the threshold (the strategy's default when neither a budget nor a threshold was given),
+    except when a budget was filled: then the lowest selected value is where the budget cut.
+    """
+    if strategy == "random":
+        return None
+    default = DEFAULT_KENDALL_THRESHOLD if strategy == "kendall" else DEFAULT_PACS_THRESHOLD
+    if budget is None:
+        return float(default if threshold is None else threshold)
+    if selected.size and (threshold is None or selected.size == budget):
+        _, values = _measure(scores, strategy)
+        return float(values[selected].min())
+    return None if threshold is None else float(threshold)
+
+
+def _statistics(values: np.ndarray) -> dict[str, float | None]:
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return {"count": 0, "mean": None, "median": None, "p90": None, "max": None}
+    return {
+        "count": int(finite.size),
+        "mean": float(finite.mean()),
+        "median": float(np.median(finite)),
+        "p90": float(np.quantile(finite, 0.9)),
+        "max": float(finite.max()),
+    }
+
+
+def summarize(
+    scores: ConflictScores,
+    group_sizes: np.ndarray,
+    selected: np.ndarray,
+    *,
+    strategy: str,
+    budget: int | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """The contents of ``summary.json``: counts, thresholds, the selection's settings and statistics."""
+    eligible = ~scores.degenerate
+    return {
+        "source": source,
+        "counts": {
+            "rows": scores.num_items,
+            "prompts": scores.num_groups,
+            "degenerate_prompts": int(np.count_nonzero(scores.degenerate)),
+            "selected_prompts": int(selected.size),
+            "selected_rows": int(np.asarray(group_sizes)[selected].sum()),
+        },
+        "thresholds": {
+            **{
+                f"prompts_with_group_conflict_above_{level}": int(np.count_nonzero(scores.group_conflict[eligible] > level))
+                for level in _CONFLICT_LEVELS
+            },
+            f"prompts_with_kendall_distance_above_{DEFAULT_KENDALL_THRESHOLD}": int(
+                np.count_nonzero(scores.kendall_distance[eligible] > DEFAULT_KENDALL_THRESHOLD)
+            ),
+        },
+        "selection": {
+            "strategy": strategy,
+            "budget": budget,
+            "threshold": threshold,
+            "cut": selection_cut(scores, selected, strategy, budget, threshold),
+            "seed": seed,
+        },
+        "statistics": {
+            "group_conflict": _statistics(scores.group_conflict[eligible]),
+            "selected_group_conflict": _statistics(scores.group_conflict[selected]),
+            "kendall_tau": _statistics(scores.kendall_tau[eligible]),
+            "selected_kendall_tau": _statistics(scores.kendall_tau[selected]),
+        },
+        "versions": versions(),
+    }
+
+
+def _plot_conflict(path: Path, scores: ConflictScores, selected_mask: np.ndarray, strategy: str, cut: float | None) -> None:
+    name, values = _measure(scores, strategy)
+    eligible = ~scores.degenerate
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    bins = np.histogram_bin_edges(values[eligible], bins=60) if eligible.any() else 10
+    axes.hist(
+        [values[eligible & ~selected_mask], values[selected_mask]],
+        bins=bins,
+        stacked=True,
+        color=["#9aa5b1", "#d1495b"],
+        label=["not selected", "selected"],
+    )
+    if cut is not None:
+        axes.axvline(cut, color="black", linestyle="--", linewidth=1.2, label=f"cut = {cut:.3g}")
+    axes.set(xlabel=name, ylabel="prompts", title=f"{name} of non-degenerate prompts ({strategy} selection)")
+    axes.legend()
+    figure.savefig(path, dpi=110)
+
+
+def _plot_scatter(path: Path, scores: ConflictScores, row_selected: np.ndarray, seed: int) -> None:
+    rows = np.arange(scores.num_items)
+    if rows.size > _MAX_SCATTER_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, _MAX_SCATTER_POINTS, replace=False))
+    chosen = row_selected[rows]
+    figure = Figure(figsize=(5.6, 5.2), layout="constrained")
+    axes = figure.add_subplot()
+    for mask, colour, label in ((~chosen, "#9aa5b1", "not selected"), (chosen, "#d1495b", "selected")):
+        axes.scatter(scores.z_logprob[rows[mask]], scores.z_reward[rows[mask]], s=4, alpha=0.5, color=colour, label=label)
+    axes.axline((0, 0), slope=1, color="black", linewidth=0.8, linestyle=":", label="PACS = 0")
+    sampled = f" ({rows.size:,} of {scores.num_items:,} completions)" if rows.size < scores.num_items else ""
+    axes.set(xlabel="z_logprob (policy)", ylabel="z_reward (proxy)", title=f"Completions{sampled}")
+    axes.legend(markerscale=3)
+    figure.savefig(path, dpi=110)
+
+
+def _plot_tau(path: Path, scores: ConflictScores, selected_mask: np.ndarray) -> None:
+    tau = scores.kendall_tau
+    defined = np.isfinite(tau)
+    figure = Figure(figsize=(7, 4.2), layout="constrained")
+    axes = figure.add_subplot()
+    # Bins centred on the values tau takes for 8 completions without ties (steps of 1/14).
+    bins = np.linspace(-1.0 - 1 / 28, 1.0 + 1 / 28, 30)
+    axes.hist(tau[defined], bins=bins, color="#9aa5b1", label="all prompts")
+    axes.hist(tau[defined & selected_mask], bins=bins, color="#d1495b", label="selected")
+    axes.set(xlabel="Kendall tau-b (log-prob vs reward)", ylabel="prompts", title="Per-prompt rank agreement")
+    axes.legend()
+    figure.savefig(path, dpi=110)
+
+
+def _tables(summary: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The page's tables as ``(title, header, rows)``, shared by the Markdown and HTML pages."""
+    tables = [
+        (section.capitalize(), ["", ""], [[key.replace("_", " "), _format(value)] for key, value in summary[section].items()])
+        for section in ("counts", "thresholds", "selection")
+    ]
+    statistics = [[name.replace("_", " "), *map(_format, stats.values())] for name, stats in summary["statistics"].items()]
+    tables.append(("Statistics", ["", "count", "mean", "median", "p90", "max"], statistics))
+    build = {key: value for key, value in summary["versions"].items() if key != "core_build"}
+    tables.append(("Versions", ["", ""], [[key, _format(value)] for key, value in build.items()]))
+    return tables
+
+
+def _markdown(summary: Mapping[str, Any]) -> str:
+    lines = [f"# {_TITLE}", ""]
+    if summary["source"]:
+        lines += [f"Source: `{summary['source']}`", ""]
+    for title, header, rows in _tables(summary):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    for file, caption in PLOT_FILES.items():
+        lines += [f"## {caption}", "", f"![{caption}]({file})", ""]
+    return "\n".join(lines)
+
+
+def _html(summary: Mapping[str, Any]) -> str:
+    parts = [
+        "<!doctype html>",
+        f'<html><head><meta charset="utf-8"><title>{_TITLE}</title></head><body>',
+        f"<h1>{_TITLE}</h1>",
+    ]
+    if summary["source"]:
+        parts.append(f"<p>Source: <code>{html.escape(summary['source'])}</code></p>")
+    for title, header, rows in _tables(summary):
+        head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+        parts.append(f"<h2>{title}</h2><table><tr>{head}</tr>{body}</table>")
+    for file, caption in PLOT_FILES.items():
+        parts.append(f'<h2>{html.escape(caption)}</h2><img src="{file}" alt="{html.escape(caption)}">')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def write_report(
+    directory: str | Path,
+    scores: ConflictScores,
+    group_sizes: np.ndarray,
+    selected: np.ndarray,
+    *,
+    strategy: str,
+    budget: int | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+    source: str | None = None,
+    page: str = "md",
+) -> dict[str, Any]:
+    """Write ``summary.json``, ``report.md`` (or ``report.html``) and the PNG plots into ``directory``.
+
+    Args:
+        directory: an existing folder.
+        scores: scores of contiguous groups, as from :func:`shfcas_fast.score`.
+        group_sizes: completions per group, ``[g]``.
+        selected: indices of the selected groups, as from :func:`shfcas_fast.select`.
+        strategy, budget, threshold, seed: the settings ``selected`` came from.
+        source: where the scores came from, for the record.
+        page: ``"md"`` or ``"html"``.
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    if page not in ("md", "html"):
+        raise ValueError(f'page must be "md" or "html", got {page!r}')
+    directory = Path(directory)
+    selected = np.asarray(selected, dtype=np.int64)
+    summary = summarize(
+        scores, group_sizes, selected, strategy=strategy, budget=budget, threshold=threshold, seed=seed, source=source
+    )
+    selected_mask = np.zeros(scores.num_groups, dtype=bool)
+    selected_mask[selected] = True
+    row_selected = np.repeat(selected_mask, np.asarray(group_sizes, dtype=np.int64))
+    _plot_conflict(directory / "conflict_histogram.png", scores, selected_mask, strategy, summary["selection"]["cut"])
+    _plot_scatter(directory / "z_scatter.png", scores, row_selected, seed)
+    _plot_tau(directory / "tau_distribution.png", scores, selected_mask)
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    text = _markdown(summary) if page == "md" else _html(summary)
+    (directory / f"report.{page}").write_text(text, encoding="utf-8")
+    return summary
