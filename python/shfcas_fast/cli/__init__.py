@@ -15,7 +15,7 @@ Each command lives in its own module and registers itself on :data:`app` when im
 from __future__ import annotations
 
 # Importing a command module registers its command on ``app``.
-from . import demo, export, pairs, report, score, select  # noqa: F401
+from . import bench, demo, env, export, pairs, report, score, select  # noqa: F401
 from .app import app
 
 __all__ = ["app", "main"]
