@@ -64,6 +64,16 @@ def test_logits_kernel_error_is_at_most_twice_eager(dtype, vocab):
     assert got[1] == 0.0  # the all-masked row
 
 
+@pytest.mark.parametrize("vocab", [1000, 4099])
+def test_logits_kernel_lanes_past_the_vocabulary_add_nothing(vocab):
+    # Uniform logits: each token's log-prob is -log(V) exactly when padded lanes are -inf; lanes
+    # filled with 0 instead would give -log(next block multiple).
+    logits = torch.zeros(1, 2, vocab, device=DEVICE)
+    labels = torch.tensor([[0, vocab - 1]], device=DEVICE)
+    got = lp.sequence_logprobs(logits, labels, backend="triton")
+    torch.testing.assert_close(got.double().cpu(), torch.tensor([-2 * np.log(vocab)], dtype=torch.float64))
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_logits_kernel_sum_matches_trl_selective_log_softmax(temperature):
     logits, labels, mask = ragged_case(2, 9, 4099, torch.float32, seed=11)
