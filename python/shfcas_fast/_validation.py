@@ -16,8 +16,14 @@ from . import _core
 __all__ = ["as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
 
 
+_NUMPY_FLOAT_TENSORS = {"torch.float16", "torch.float32", "torch.float64"}
+
+
 def _to_numpy(value: Any, name: str) -> np.ndarray:
-    """Return ``value`` as a numpy array, sharing memory with CPU torch tensors."""
+    """Return ``value`` as a numpy array, sharing memory with CPU torch tensors.
+
+    torch is never imported here: the engine works with numpy alone.
+    """
     if isinstance(value, np.ndarray):
         return value
     module = type(value).__module__
@@ -28,8 +34,8 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
                 f"(the GPU path is shfcas_fast.score_logits)"
             )
         value = value.detach()
-        if value.dtype.is_floating_point and value.dtype not in _TORCH_NUMPY_FLOATS:
-            value = value.float()  # bf16 has no numpy dtype
+        if value.dtype.is_floating_point and str(value.dtype) not in _NUMPY_FLOAT_TENSORS:
+            value = value.float()  # bfloat16 and float8 have no numpy dtype
         return value.resolve_conj().resolve_neg().numpy()
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a 1-D numeric array, got {type(value).__name__}")
@@ -37,14 +43,6 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
         return np.asarray(value)
     except Exception as err:  # ragged lists and other unconvertible objects
         raise TypeError(f"{name} must be a 1-D numeric array: {err}") from None
-
-
-try:  # torch is optional: the engine works with numpy alone
-    import torch as _torch
-
-    _TORCH_NUMPY_FLOATS = {_torch.float16, _torch.float32, _torch.float64}
-except ImportError:  # pragma: no cover - exercised only without torch
-    _TORCH_NUMPY_FLOATS = set()
 
 
 def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray:

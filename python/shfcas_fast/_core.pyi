@@ -1,0 +1,44 @@
+"""Type stubs of the compiled core (``rust/lib.rs``); checked by ``mypy.stubtest``."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_FloatArray = npt.NDArray[np.float64] | npt.NDArray[np.float32]
+
+__all__ = [
+    "__version__",
+    "first_non_finite",
+    "pacs",
+    "score",
+    "kendall_tau_grouped",
+    "kendall_tau",
+    "top_k",
+    "num_threads",
+    "build_info",
+]
+
+__version__: str
+
+def first_non_finite(values: _FloatArray) -> int | None: ...
+def pacs(
+    logprobs: _FloatArray, rewards: _FloatArray, offsets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]: ...
+def score(
+    logprobs: _FloatArray, rewards: _FloatArray, offsets: npt.NDArray[np.int64]
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.bool_],
+]: ...
+def kendall_tau_grouped(
+    x: _FloatArray, y: _FloatArray, offsets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]: ...
+def kendall_tau(x: _FloatArray, y: _FloatArray) -> float: ...
+def top_k(scores: _FloatArray, k: int) -> npt.NDArray[np.int64]: ...
+def num_threads() -> int: ...
+def build_info() -> dict[str, Any]: ...
