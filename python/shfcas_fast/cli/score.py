@@ -131,13 +131,14 @@ def score_file(
 
     # Fail on an existing output before the expensive part.
     with io.open_writer(output, _output_schema(schema), overwrite=overwrite) as writer:
-        kept, logprob, reward, drop = _read_scored_columns(
+        scored_table, logprob, reward, drop = _read_scored_columns(
             input_path, scored_columns, logprob_column, reward_column, nan_policy, batch_size, total, quiet
         )
-        groups = group_rows(kept[prompt_column], prompt_column)
+        prompts = scored_table[prompt_column]
+        groups = group_rows(prompts if drop is None else prompts.filter(pa.array(~drop)), prompt_column)
         scores = score(groups.contiguous(logprob), groups.contiguous(reward), groups.sizes)
         with progress_bar(total, "writing", quiet=quiet) as bar:
-            for batch in _scored_batches(input_path, writer.schema, kept, drop, groups, scores, batch_size):
+            for batch in _scored_batches(input_path, writer.schema, scored_table, drop, groups, scores, batch_size):
                 writer.write(batch)
                 bar.update(batch.num_rows)
     omitted = 0 if drop is None else int(np.count_nonzero(drop))

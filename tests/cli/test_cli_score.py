@@ -1,0 +1,135 @@
+"""``shfcas score`` against the float64 reference of SPEC section 2 and scipy's Kendall tau-b."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+import reference
+from cli_tables import completions_table, grouped_by_prompt
+
+SCORE_COLUMNS = ["z_logprob", "z_reward", "pacs", "group_conflict", "kendall_tau", "kendall_distance", "degenerate"]
+
+
+def assert_scores_match_reference(
+    output: pa.Table, logprob: np.ndarray, reward: np.ndarray, prompt_column: str = "prompt"
+) -> None:
+    """Every score column of ``output`` (in file order) equals the reference on the grouped rows.
+
+    A null (JSON's stand-in for NaN) compares as NaN.
+    """
+    order, sizes = grouped_by_prompt(output, prompt_column)
+    expected = reference.score(logprob[order], reward[order], sizes)
+    group_of_sorted_row = np.repeat(np.arange(sizes.shape[0]), sizes)
+    for name in SCORE_COLUMNS:
+        actual = output[name].to_numpy(zero_copy_only=False)[order]
+        wanted = getattr(expected, name)
+        if wanted.shape[0] == sizes.shape[0]:  # a per-prompt measure, repeated on each of its rows
+            wanted = wanted[group_of_sorted_row]
+        np.testing.assert_allclose(actual.astype(np.float64), wanted, rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def test_scores_match_reference_when_prompts_are_scattered(tmp_path, completions_file, invoke):
+    output = tmp_path / "scored.parquet"
+    result = invoke("score", completions_file, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "Scored 3,200 rows in 400 prompts" in result.stderr
+    table, scored = pq.read_table(completions_file), pq.read_table(output)
+    assert scored.column_names == table.column_names + SCORE_COLUMNS
+    assert scored.select(table.column_names).equals(table)  # input columns and row order kept
+    assert_scores_match_reference(scored, table["logprob"].to_numpy(), table["reward"].to_numpy())
+    assert scored["degenerate"].to_numpy().any()
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_prompts_straddling_batches_are_scored_as_one_group(tmp_path, invoke, batch_size):
+    source = tmp_path / "adjacent.parquet"
+    table = completions_table(40, 5, seed=2, shuffle=False)
+    pq.write_table(table, source, row_group_size=13)
+    output = tmp_path / "scored.parquet"
+    assert invoke("score", source, "-o", output, "--batch-size", batch_size).exit_code == 0
+    assert_scores_match_reference(pq.read_table(output), table["logprob"].to_numpy(), table["reward"].to_numpy())
+
+
+def test_per_token_logprob_lists_are_summed(tmp_path, invoke):
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 6, size=48)
+    tokens = [list(-rng.exponential(size=length)) for length in lengths]
+    prompts = [f"p{i % 6}" for i in range(48)]
+    reward = rng.normal(size=48)
+    source = tmp_path / "tokens.parquet"
+    pq.write_table(pa.table({"prompt": prompts, "token_logprobs": tokens, "reward": reward}), source)
+    output = tmp_path / "scored.parquet"
+    result = invoke("score", source, "-o", output, "--logprob-column", "token_logprobs")
+    assert result.exit_code == 0, result.output
+    sums = np.array([float(np.sum(row)) for row in tokens])
+    assert_scores_match_reference(pq.read_table(output), sums, reward)
+
+
+def test_jsonl_and_csv_in_jsonl_out_with_other_column_names(tmp_path, invoke):
+    table = completions_table(30, 4, seed=4).rename_columns(["question", "answer", "lp", "score"])
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    csv = tmp_path / "in.csv"
+    pa_csv.write_csv(table, csv)
+    columns = ["--prompt-column", "question", "--logprob-column", "lp", "--reward-column", "score"]
+    for source in (jsonl, csv):
+        output = tmp_path / f"{source.suffix[1:]}-scored.jsonl"
+        result = invoke("score", source, "-o", output, *columns)
+        assert result.exit_code == 0, result.output
+        scored = pa.Table.from_pylist([json.loads(line) for line in output.read_text().splitlines()])
+        assert scored["answer"].to_pylist() == table["answer"].to_pylist()
+        # JSON has no NaN: the undefined tau of a constant-reward prompt is written as null.
+        assert scored["kendall_tau"].null_count > 0
+        assert_scores_match_reference(scored, table["lp"].to_numpy(), table["score"].to_numpy(), "question")
+
+
+def test_rescoring_replaces_the_score_columns(tmp_path, scored_file, invoke):
+    output = tmp_path / "rescored.parquet"
+    assert invoke("score", scored_file, "-o", output, "-q").exit_code == 0
+    original, rescored = pq.read_table(scored_file), pq.read_table(output)
+    assert rescored.column_names == original.column_names
+    for name in original.column_names:  # assert_array_equal takes NaN as equal to NaN
+        np.testing.assert_array_equal(
+            rescored[name].to_numpy(zero_copy_only=False), original[name].to_numpy(zero_copy_only=False)
+        )
+
+
+def test_nan_policy_omit_drops_bad_rows(tmp_path, invoke):
+    table = completions_table(20, 6, seed=5)
+    logprob = table["logprob"].to_numpy().copy()
+    reward = table["reward"].to_numpy().copy()
+    logprob[[3, 50]] = [np.nan, np.inf]
+    reward[7] = -np.inf
+    source = tmp_path / "bad.parquet"
+    pq.write_table(table.set_column(2, "logprob", pa.array(logprob)).set_column(3, "reward", pa.array(reward)), source)
+    output = tmp_path / "scored.parquet"
+    result = invoke("score", source, "-o", output, "--nan-policy", "omit")
+    assert result.exit_code == 0, result.output
+    assert "3 rows with non-finite values omitted" in result.stderr
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[[3, 7, 50]] = False
+    scored = pq.read_table(output)
+    assert scored["completion"].to_pylist() == np.asarray(table["completion"].to_pylist())[keep].tolist()
+    assert_scores_match_reference(scored, logprob[keep], reward[keep])
+
+
+def test_a_million_rows(tmp_path, invoke):
+    table = completions_table(125_000, 8, seed=6)
+    source = tmp_path / "million.parquet"
+    pq.write_table(table, source)
+    output = tmp_path / "scored.parquet"
+    result = invoke("score", source, "-o", output, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    scored = pq.read_table(output, columns=["prompt", "logprob", "reward", *SCORE_COLUMNS])
+    assert scored.num_rows == 1_000_000
+    # The Python reference loops over groups: check every row of 300 random prompts.
+    chosen = np.random.default_rng(0).choice(125_000, size=300, replace=False)
+    sample = scored.filter(pa.compute.is_in(scored["prompt"], pa.array(np.char.add("prompt ", chosen.astype(str)))))
+    assert sample.num_rows == 2400
+    assert_scores_match_reference(sample, sample["logprob"].to_numpy(), sample["reward"].to_numpy())
