@@ -43,6 +43,7 @@ __all__ = [
     "count_rows",
     "iter_batches",
     "read_table",
+    "check_output",
     "atomic_output",
     "BatchWriter",
     "open_writer",
@@ -104,15 +105,25 @@ def _open_text_reader(path: Path, fmt: str, columns: Sequence[str] | None) -> pa
     return pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=_TEXT_BLOCK_BYTES))
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Say which file Arrow could not parse."""
+    try:
+        yield
+    except pa.ArrowException as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
 def read_schema(path: str | os.PathLike[str]) -> pa.Schema:
     """The Arrow schema of a table file (for CSV and JSONL, as inferred from its first block)."""
     path = Path(path)
     fmt = input_format(path)
     _check_readable(path)
-    if fmt == "parquet":
-        return pq.read_schema(path)
-    with contextlib.closing(_open_text_reader(path, fmt, None)) as reader:
-        return reader.schema
+    with _reading(path):
+        if fmt == "parquet":
+            return pq.read_schema(path)
+        with contextlib.closing(_open_text_reader(path, fmt, None)) as reader:
+            return reader.schema
 
 
 def count_rows(path: str | os.PathLike[str]) -> int | None:
@@ -137,13 +148,12 @@ def iter_batches(
     path = Path(path)
     fmt = input_format(path)
     _check_readable(path)
-    if fmt == "parquet":
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-            yield batch if columns is None else batch.select(columns)
-        return
-    with contextlib.closing(_open_text_reader(path, fmt, columns)) as reader:
-        for batch in reader:
+    with _reading(path):
+        if fmt == "parquet":
+            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        else:
+            batches = _open_text_reader(path, fmt, columns)
+        for batch in batches:
             yield batch if columns is None else batch.select(columns)
 
 
@@ -154,6 +164,21 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
         return pa.Table.from_batches(batches)
     schema = read_schema(path)
     return pa.schema([schema.field(name) for name in columns or schema.names]).empty_table()
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False, directory: bool = False) -> None:
+    """Raise unless ``path`` can be written: a known file type (unless ``directory``), an existing
+    folder, and no existing file or folder there unless ``overwrite``.
+
+    Commands call it first, so that a bad output fails before any input is read.
+    """
+    path = Path(path)
+    if not directory:
+        output_format(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder {path.parent} does not exist")
 
 
 @contextlib.contextmanager
@@ -167,10 +192,7 @@ def atomic_output(
     With ``directory=True`` the temporary path is an empty directory, e.g. for a report.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {path.parent} does not exist")
+    check_output(path, overwrite=overwrite, directory=directory)
     if directory:
         temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     else:

@@ -96,6 +96,7 @@ def export_command(
     clashing = [name for name in keep if name in reserved]
     if clashing:
         raise ValueError(f"--keep {clashing[0]} clashes with a field export always writes")
+    io.check_output(output, overwrite=overwrite)
     schema = io.read_schema(selected_path)
     columns = {prompt_column: "--prompt-column", completion_column: "--completion-column"}
     require_columns(schema, {**columns, **{name: "--keep" for name in keep}}, selected_path)

@@ -100,6 +100,7 @@ def pairs_command(
     scored one is chosen and margin is the (positive) score difference. Unscored rows are an
     error unless --nan-policy omit.
     """
+    io.check_output(output, overwrite=overwrite)
     schema = io.read_schema(labelled_path)
     options = {prompt_column: "--prompt-column", completion_column: "--completion-column", score_column: "--score-column"}
     require_columns(schema, options, labelled_path)

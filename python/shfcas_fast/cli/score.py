@@ -123,13 +123,13 @@ def score_file(
     quiet: bool = True,
 ) -> str:
     """Score ``input_path`` into ``output`` (see the module docstring); returns a one-line summary."""
+    io.check_output(output, overwrite=overwrite)
     schema = io.read_schema(input_path)
     options = {prompt_column: "--prompt-column", logprob_column: "--logprob-column", reward_column: "--reward-column"}
     require_columns(schema, options, input_path)
     scored_columns = list(options)  # a dict: one name used for two roles is read once
     total = io.count_rows(input_path)
 
-    # Fail on an existing output before the expensive part.
     with io.open_writer(output, _output_schema(schema), overwrite=overwrite) as writer:
         scored_table, logprob, reward, drop = _read_scored_columns(
             input_path, scored_columns, logprob_column, reward_column, nan_policy, batch_size, total, quiet

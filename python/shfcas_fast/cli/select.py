@@ -176,13 +176,13 @@ def select_command(
     Every output row has the prompt's selection_rank (0 = selected first, i.e. highest conflict).
     Rows keep the scored file's order.
     """
+    io.check_output(output, overwrite=overwrite)
     schema = io.read_schema(scored_path)
     require_columns(schema, {prompt_column: "--prompt-column"}, scored_path)
     if kind is OutputKind.PROMPTS:
         output_schema = _prompt_schema(schema.field(prompt_column).type)
     else:
         output_schema = pa.schema([field for field in schema if field.name != _RANK.name] + [_RANK])
-    # Opened first: an existing output or a missing folder fails before the input is read.
     with io.open_writer(output, output_schema, overwrite=overwrite) as writer:
         scored = load_scored(scored_path, prompt_column, quiet=quiet)
         selected = scored.select(strategy, budget, threshold, seed)
