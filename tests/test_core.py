@@ -79,3 +79,15 @@ def test_docstring_examples_run(module):
     failures, tried = doctest.testmod(imported, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert tried > 0
     assert failures == 0
+
+
+def test_every_kernel_source_ships_inside_the_package():
+    # Wheels skip symlinked directories, so each kernels/*.py is linked file by file into the package.
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
+    sources = sorted(f for f in os.listdir(os.path.join(root, "kernels")) if f.endswith(".py"))
+    linked = os.path.join(root, "python", "shfcas_fast", "kernels")
+    assert sources, "kernels/ holds no kernel sources"
+    for name in sources:
+        link = os.path.join(linked, name)
+        assert os.path.islink(link), f"python/shfcas_fast/kernels/{name} must link to kernels/{name}"
+        assert os.path.samefile(link, os.path.join(root, "kernels", name))
