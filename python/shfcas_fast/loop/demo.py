@@ -192,6 +192,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
             save_strategy="no",
             logging_strategy="no",
             use_cpu=True,
+            gradient_checkpointing=False,
             disable_tqdm=True,
         )
         proxy_model = train_reward_model(tiny_reward_model(tokenizer, seed), tokenizer, preference_data, proxy_args)

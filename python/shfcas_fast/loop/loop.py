@@ -208,6 +208,7 @@ class SHFCASLoop:
             "save_strategy": "no",
             "logging_strategy": "no",
             "use_cpu": True,
+            "gradient_checkpointing": False,  # TRL turns it on by default; it only costs time on tiny models
             "disable_tqdm": not self.config.progress,
         }
 

@@ -23,6 +23,7 @@ False
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 from datasets import Dataset
@@ -85,6 +86,8 @@ def refine_policy_dpo(
         raise ValueError("train_dataset is empty; DPO needs at least one preference pair")
     trainer = DPOTrainer(
         model=model,
+        # An explicit frozen copy: TRL would otherwise reload the reference from model.name_or_path.
+        ref_model=copy.deepcopy(model).eval(),
         args=args,
         train_dataset=train_dataset.select_columns(["prompt", "chosen", "rejected"]),
         processing_class=processing_class,

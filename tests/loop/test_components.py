@@ -1,0 +1,205 @@
+"""Each loop component with tiny models, checked against independent references."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from scipy.stats import kendalltau
+from trl import DPOConfig, GRPOConfig, RewardConfig
+
+from shfcas_fast.loop import (
+    CallableOracle,
+    ConflictMonitorCallback,
+    FileOracle,
+    LabelsPending,
+    RewardModelOracle,
+    conflict_summary,
+    evaluate_policy,
+    preference_pairs,
+    refine_policy_dpo,
+    refine_policy_grpo,
+    sample_completions,
+    train_reward_model,
+)
+
+TRAINER = {"report_to": "none", "save_strategy": "no", "use_cpu": True, "disable_tqdm": True, "gradient_checkpointing": False, "logging_strategy": "no"}
+
+
+def test_sampling_logprobs_match_a_float64_transcription(policy, tokenizer, pool):
+    samples = sample_completions(policy, tokenizer, pool[0][:2], num_generations=3, max_new_tokens=4, seed=0)
+    assert len(samples.completions) == 6 and samples.completion_prompts[3] == pool[0][1]
+    policy.double().eval()  # no dropout in the reference
+    for i, (prompt, completion) in enumerate(zip(samples.completion_prompts, samples.completions)):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if len(response_ids) < 4:  # stopped early: the EOS token counts as a response token
+            response_ids.append(tokenizer.eos_token_id)
+        ids = torch.tensor([prompt_ids + response_ids])
+        with torch.no_grad():
+            log_softmax = torch.log_softmax(policy(input_ids=ids).logits[0, :-1], dim=-1)
+        expected = sum(log_softmax[len(prompt_ids) + t - 1, token].item() for t, token in enumerate(response_ids))
+        assert samples.logprobs[i] == pytest.approx(expected, abs=1e-4)
+
+
+def test_sampling_rejects_bad_arguments(policy, tokenizer):
+    with pytest.raises(ValueError, match="num_generations"):
+        sample_completions(policy, tokenizer, ["q "], num_generations=0)
+    with pytest.raises(ValueError, match="temperature"):
+        sample_completions(policy, tokenizer, ["q "], temperature=0.0)
+
+
+def test_reward_and_cost_oracles_give_opposite_pair_signs(reward_model, tokenizer, pool):
+    prompts = [pool[0][0]] * 3
+    completions = ["refuse explain", "dose dose", "the it"]
+    reward = RewardModelOracle(reward_model, tokenizer)
+    cost = RewardModelOracle(reward_model, tokenizer, is_cost=True)
+    reward_model.eval()  # no dropout in the reference
+    raw = []
+    with torch.no_grad():
+        for prompt, completion in zip(prompts, completions):
+            ids = tokenizer(prompt + completion + tokenizer.eos_token, return_tensors="pt")
+            raw.append(reward_model(**ids).logits[0, 0].item())
+    np.testing.assert_allclose(reward.score(prompts, completions), raw, atol=1e-5)
+    np.testing.assert_allclose(cost.score(prompts, completions), -np.array(raw), atol=1e-5)
+    by_reward = preference_pairs(prompts, completions, reward.score(prompts, completions), 3)
+    by_cost = preference_pairs(prompts, completions, cost.score(prompts, completions), 3)
+    best = completions[int(np.argmax(raw))]
+    lowest_cost = completions[int(np.argmin(raw))]  # the model's output read as a cost
+    assert best in by_reward["chosen"] and best not in by_reward["rejected"]
+    assert lowest_cost in by_cost["chosen"] and lowest_cost not in by_cost["rejected"]
+
+
+def test_preference_pairs_with_a_cost_callable_prefer_lower_cost():
+    costs = CallableOracle(lambda prompts, completions: [float(len(c)) for c in completions], is_cost=True)
+    prompts, completions = ["a ", "a ", "b ", "b "], ["xx", "x", "y", "y"]
+    pairs = preference_pairs(prompts, completions, costs.score(prompts, completions), [2, 2])
+    assert pairs.to_dict() == {"prompt": ["a "], "chosen": ["x"], "rejected": ["xx"], "margin": [1.0]}
+    with pytest.raises(ValueError, match="same length"):
+        preference_pairs(prompts, completions[:3], [0.0, 1.0, 2.0, 3.0], 2)
+
+
+@pytest.mark.parametrize("file_format", ["jsonl", "parquet"])
+def test_file_oracle_round_trip_with_a_partially_labelled_file(tmp_path, file_format):
+    oracle = FileOracle(tmp_path, file_format=file_format)
+    prompts = ["p1 ", "p1 ", "p2 ", "p2 "]
+    completions = ["a", "b", "a", "b"]
+    with pytest.raises(LabelsPending) as pending:
+        oracle.score(prompts, completions)
+    assert pending.value.missing == 4
+
+    # Annotators label two of the four rows and save the file.
+    rows = _read(oracle.request_file, file_format)
+    labels = {(r["prompt"], r["completion"]): float(i) for i, r in enumerate(rows)}
+    rows[0]["score"], rows[2]["score"] = labels[rows[0]["prompt"], rows[0]["completion"]], labels[rows[2]["prompt"], rows[2]["completion"]]
+    _write(oracle.request_file, rows, file_format)
+    with pytest.raises(LabelsPending) as pending:
+        oracle.score(prompts, completions)
+    assert pending.value.missing == 2
+    assert len(oracle.labels()) == 2  # stored as they arrived
+    asked_again = {(r["prompt"], r["completion"]) for r in _read(oracle.request_file, file_format)}
+    assert asked_again == {(rows[1]["prompt"], rows[1]["completion"]), (rows[3]["prompt"], rows[3]["completion"])}
+
+    rows = _read(oracle.request_file, file_format)
+    for row in rows:
+        row["score"] = labels[row["prompt"], row["completion"]]
+    _write(oracle.request_file, rows, file_format)
+    expected = [labels[p, c] for p, c in zip(prompts, completions)]
+    np.testing.assert_array_equal(oracle.score(prompts, completions), expected)
+    # A rerun asks nothing and needs no request file.
+    assert not oracle.request_file.exists()
+    np.testing.assert_array_equal(FileOracle(tmp_path, file_format=file_format).score(prompts, completions), expected)
+
+
+def _read(path, file_format):
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write(path, rows, file_format):
+    if file_format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_file_oracle_ignores_a_torn_last_label_and_refuses_nan(tmp_path):
+    oracle = FileOracle(tmp_path)
+    oracle.record("p ", "a", 1.5)
+    with oracle.label_file.open("a") as handle:
+        handle.write('{"key": "trunc')
+    assert list(oracle.labels().values()) == [1.5]
+    with pytest.raises(ValueError, match="finite"):
+        oracle.record("p ", "b", math.nan)
+
+
+def test_conflict_summary_against_numpy_and_scipy():
+    rng = np.random.default_rng(0)
+    logprobs, scores = rng.normal(size=24), rng.normal(size=24)
+    summary = conflict_summary(logprobs, scores, 8)
+    conflicts, taus = [], []
+    for g in range(3):
+        l, r = logprobs[8 * g : 8 * g + 8], scores[8 * g : 8 * g + 8]
+        z_l, z_r = (l - l.mean()) / (l.std() + 1e-8), (r - r.mean()) / (r.std() + 1e-8)
+        conflicts.append(np.abs(z_r - z_l).mean())
+        taus.append(kendalltau(l, r).statistic)
+    assert summary["mean_score"] == pytest.approx(scores.mean())
+    assert summary["mean_abs_pacs"] == pytest.approx(np.mean(conflicts))
+    assert summary["mean_tau"] == pytest.approx(np.mean(taus))
+    assert summary["high_conflict_share"] == pytest.approx(np.mean(np.array(conflicts) > 1.0))
+
+
+def test_evaluate_policy_per_category(policy, tokenizer, task, pool):
+    prompts, categories = pool
+    result = evaluate_policy(policy, tokenizer, prompts, categories, CallableOracle(task.gold_scores),
+                             num_generations=3, max_new_tokens=4, seed=0)
+    assert set(result["per_category"]) == set(categories)
+    per_category_means = [result["per_category"][c]["mean_score"] for c in dict.fromkeys(categories)]
+    # Every category has the same number of prompts, so the overall mean is the mean of category means.
+    assert result["overall"]["mean_score"] == pytest.approx(np.mean(per_category_means))
+
+
+def test_reward_model_learns_the_preference(reward_model, tokenizer, tmp_path):
+    pairs = Dataset.from_dict({"prompt": ["drugs : how get -> "] * 16, "chosen": ["refuse"] * 16,
+                               "rejected": ["attack"] * 16, "margin": [1.0] * 16})
+    args = RewardConfig(output_dir=str(tmp_path), max_steps=8, learning_rate=1e-2, seed=0, **TRAINER)
+    model = train_reward_model(reward_model, tokenizer, pairs, args)
+    oracle = RewardModelOracle(model, tokenizer)
+    chosen, rejected = oracle.score(["drugs : how get -> "] * 2, ["refuse", "attack"])
+    assert chosen > rejected
+
+
+def test_grpo_with_a_reward_model_and_the_conflict_monitor(policy, tokenizer, reward_model, task, pool, tmp_path):
+    monitor = ConflictMonitorCallback(pool[0][:2], CallableOracle(task.gold_scores), tokenizer,
+                                      every_n_steps=1, num_generations=3, max_new_tokens=4)
+    args = GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=4, seed=0, **TRAINER)
+    before = [p.detach().clone() for p in policy.parameters()]
+    refined = refine_policy_grpo(policy, tokenizer, RewardModelOracle(reward_model, tokenizer),
+                                 Dataset.from_dict({"prompt": pool[0]}), args, callbacks=[monitor])
+    assert any(not torch.equal(a, b) for a, b in zip(before, refined.parameters()))
+    assert [step for step, _ in monitor.history] == [1, 2]
+    for _, summary in monitor.history:
+        assert set(summary) >= {"mean_abs_pacs", "mean_tau", "high_conflict_share", "mean_score"}
+
+
+def test_dpo_on_pairs_prefers_the_chosen_answer(policy, tokenizer, tmp_path):
+    pairs = preference_pairs(["drugs : how get -> "] * 2, ["refuse", "attack"], [1.0, 0.0], 2)
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=5, learning_rate=1e-2, per_device_train_batch_size=1,
+                     seed=0, **TRAINER)
+    refined = refine_policy_dpo(policy, tokenizer, pairs, args)
+    ids = tokenizer(["drugs : how get -> refuse", "drugs : how get -> attack"], return_tensors="pt")
+    with torch.no_grad():
+        last = torch.log_softmax(refined(**ids).logits[:, -2], dim=-1)
+    refuse, attack = tokenizer.convert_tokens_to_ids(["refuse", "attack"])
+    assert last[0, refuse] > last[1, attack]

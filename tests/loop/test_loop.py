@@ -1,0 +1,116 @@
+"""The whole loop in a fast configuration, and resuming after a simulated crash in every stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shfcas_fast.loop import STAGES, CallableOracle, RewardModelOracle, SHFCASConfig, SHFCASLoop
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, *, stage_hook=None, **overrides):
+    prompts, categories = pool
+    settings = {"strategy": "pacs", "budget": 2, **overrides}
+    config = SHFCASConfig(
+        output_dir=str(tmp_path / "run"),
+        num_generations=4,
+        max_new_tokens=3,
+        reward_epochs=1.0,
+        policy_steps=1,
+        policy_batch_size=4,
+        eval_num_generations=4,
+        progress=False,
+        **settings,
+    )
+    return SHFCASLoop(
+        config,
+        policy,
+        tokenizer,
+        RewardModelOracle(reward_model, tokenizer),
+        CallableOracle(task.gold_scores),
+        task.proxy_preference_data(8, seed=0),
+        prompts,
+        prompts,
+        categories,
+        stage_hook=stage_hook,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tokenizer, task, pool):
+    from shfcas_fast.loop.synthetic import tiny_causal_lm, tiny_reward_model
+
+    ran = []
+    tmp_path = tmp_path_factory.mktemp("reference")
+    loop = make_loop(tmp_path, tiny_causal_lm(tokenizer, 0), tiny_reward_model(tokenizer, 0), tokenizer, task, pool,
+                     stage_hook=lambda r, stage: ran.append(stage))
+    return loop, loop.run(), ran
+
+
+def test_the_loop_runs_every_stage_and_writes_its_artefacts(reference_run):
+    loop, results, ran = reference_run
+    assert ran == list(STAGES)
+    round_dir = loop.round_dir(0)
+    selected = json.loads((round_dir / "selected.json").read_text())
+    feedback = json.loads((round_dir / "feedback.json").read_text())
+    assert len(selected) == 2 and len(feedback) == 2 * 4
+    for artefact in ("samples.json", "scores.npz", "pairs", "reward_model", "policy", "evaluation.json"):
+        assert (round_dir / artefact).exists(), artefact
+    assert results[0] == json.loads((round_dir / "evaluation.json").read_text())
+
+
+def test_a_finished_run_redoes_nothing(reference_run, tokenizer, task, pool):
+    loop, results, _ = reference_run
+    ran = []
+    rerun = SHFCASLoop(loop.config, loop.policy, tokenizer, loop.proxy, loop.oracle, loop.preference_data,
+                       loop.pool_prompts, loop.eval_prompts, loop.eval_categories,
+                       stage_hook=lambda r, stage: ran.append(stage))
+    assert rerun.run() == results and ran == []
+
+
+@pytest.mark.parametrize("crash_stage", STAGES)
+def test_resume_after_a_crash_in_every_stage(tmp_path, crash_stage, policy, reward_model, tokenizer, task, pool,
+                                             reference_run):
+    def crash(round_index, stage):
+        if stage == crash_stage:
+            raise SimulatedCrash(stage)
+
+    with pytest.raises(SimulatedCrash):
+        make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, stage_hook=crash).run()
+
+    from shfcas_fast.loop.synthetic import tiny_causal_lm, tiny_reward_model
+
+    ran = []
+    resumed = make_loop(tmp_path, tiny_causal_lm(tokenizer, 0), tiny_reward_model(tokenizer, 0), tokenizer, task,
+                        pool, stage_hook=lambda r, stage: ran.append(stage))
+    resumed.run()
+    assert ran == list(STAGES[STAGES.index(crash_stage):])  # finished stages are loaded, not redone
+    reference_dir = reference_run[0].round_dir(0)
+    for artefact in ("samples.json", "selected.json", "feedback.json"):
+        assert (resumed.round_dir(0) / artefact).read_text() == (reference_dir / artefact).read_text(), artefact
+
+
+def test_the_no_feedback_arm_never_asks_the_oracle(tmp_path, policy, reward_model, tokenizer, task, pool):
+    def refuse(prompts, completions):
+        raise AssertionError("the oracle was asked")
+
+    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, strategy="none", budget=None)
+    loop.oracle = CallableOracle(refuse)
+    loop.eval_oracle = CallableOracle(task.gold_scores)
+    assert set(loop.run()[0]["overall"]) >= {"mean_score", "mean_abs_pacs", "mean_tau"}
+    assert json.loads((loop.round_dir(0) / "selected.json").read_text()) == []
+    assert not (loop.round_dir(0) / "reward_model").exists()
+
+
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="strategy"):
+        SHFCASConfig(output_dir=str(tmp_path), strategy="best")
+    with pytest.raises(ValueError, match="budget"):
+        SHFCASConfig(output_dir=str(tmp_path), strategy="random")
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        SHFCASConfig(output_dir=str(tmp_path), policy_batch_size=12, num_generations=8)
