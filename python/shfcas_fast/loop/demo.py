@@ -34,8 +34,6 @@ from .oracles import CallableOracle, RewardModelOracle
 from .reward_model import train_reward_model
 from .synthetic import (
     CATEGORIES,
-    POLICY_CATEGORIES,
-    PROXY_CATEGORIES,
     SyntheticSafetyTask,
     build_tokenizer,
     tiny_causal_lm,
@@ -86,7 +84,7 @@ class DemoConfig:
             strategy=strategy,
             budget=None if strategy == "none" else self.budget,
             max_new_tokens=6,
-            reward_epochs=1.0 if self.fast else 2.0,
+            reward_epochs=1.0,
             policy_steps=2 if self.fast else 40,
             policy_learning_rate=3e-3,
             policy_batch_size=16,
@@ -181,10 +179,10 @@ def run_demo(config: DemoConfig) -> DemoReport:
         policy = tiny_causal_lm(tokenizer, seed)
         texts = task.policy_training_texts(600 if config.fast else 3000, seed=seed)
         train_causal_lm(policy, tokenizer, texts, epochs=1 if config.fast else 3, seed=seed)
-        preference_data = task.proxy_preference_data(200 if config.fast else 2000, seed=seed)
+        preference_data = task.proxy_preference_data(200 if config.fast else 1000, seed=seed)
         proxy_args = RewardConfig(
             output_dir=str(output_dir / "runs" / f"seed_{seed}" / "proxy"),
-            num_train_epochs=1.0 if config.fast else 2.0,
+            num_train_epochs=1.0,
             learning_rate=1e-3,
             per_device_train_batch_size=32,
             seed=seed,
