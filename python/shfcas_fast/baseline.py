@@ -50,7 +50,7 @@ def pacs(logprobs: Any, rewards: Any, group_sizes: Any) -> np.ndarray:
     ```python
     >>> import numpy as np
     >>> from shfcas_fast import baseline
-    >>> baseline.pacs(np.array([-3.0, -1.0]), np.array([1.0, 0.0]), 2)
+    >>> baseline.pacs(np.array([-3.0, -1.0]), np.array([1.0, 0.0]), 2).round(6)  # z-scores divide by std + 1e-8
     array([ 2., -2.])
 
     ```
@@ -69,8 +69,8 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None) -> Any:
     ```python
     >>> import numpy as np
     >>> from shfcas_fast import baseline
-    >>> baseline.kendall_tau(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0]))
-    0.3333333333333333
+    >>> baseline.kendall_tau(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0]))  # 1 / sqrt(3) / sqrt(3), as scipy
+    0.33333333333333337
 
     ```
 
