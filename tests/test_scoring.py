@@ -51,7 +51,9 @@ def test_score_matches_reference_on_ragged_groups(impl, rng, dtype):
 
 def test_score_matches_reference_with_int_group_size(impl, rng):
     logprobs, rewards = rng.normal(size=800) * 30.0 - 200.0, rng.normal(size=800)
-    assert_scores_match(impl.score(logprobs, rewards, 8), reference.score(logprobs, rewards, 8))
+    scores = impl.score(logprobs, rewards, 8)
+    assert_scores_match(scores, reference.score(logprobs, rewards, 8))
+    assert (scores.num_groups, scores.num_items) == (100, 800)
 
 
 def test_score_accepts_torch_tensors(impl, rng):
@@ -185,6 +187,7 @@ class TestSelect:
         ranking = self.expected_ranking(scores.group_conflict, scores.degenerate, -np.inf)
         np.testing.assert_array_equal(impl.select(scores, budget=25), ranking[:25])
         np.testing.assert_array_equal(impl.select(scores, budget=10**6), ranking)
+        assert impl.select(scores, budget=0).shape == (0,)
 
     def test_budget_and_threshold_together(self, impl, scores):
         ranking = self.expected_ranking(scores.group_conflict, scores.degenerate, 1.5)
