@@ -408,12 +408,28 @@ def _use_triton(backend: Any, device: torch.device) -> bool:
         raise ValueError(f'backend must be "auto", "triton" or "torch", got {backend!r}')
     if not _triton_installed():
         raise ValueError('backend="triton" needs the triton package (pip install "shfcas-fast[gpu]")')
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type != "cuda":
+        _check_interpreter(device)
+    return True
+
+
+def _check_interpreter(device: torch.device) -> None:
+    """Triton runs on non-CUDA tensors only in its interpreter, which it picks when each ``@jit``
+    function is defined, its own ``tl.max``/``tl.sum`` included: the variable must be set before
+    triton is first imported, not just before our kernels are."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(
-            f'backend="triton" on {device} tensors needs TRITON_INTERPRET=1 set before the kernels load; '
+            f'backend="triton" on {device} tensors needs TRITON_INTERPRET=1 set before triton is imported; '
             f'use backend="torch" or CUDA tensors'
         )
-    return True
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.max, InterpretedFunction):
+        raise ValueError(
+            f'backend="triton" on {device} tensors: triton was imported before TRITON_INTERPRET=1 was set, '
+            f"so it compiles instead of interpreting; export TRITON_INTERPRET=1 before starting Python"
+        )
 
 
 def _triton_installed() -> bool:
