@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -150,7 +151,8 @@ def iter_batches(
     _check_readable(path)
     with _reading(path):
         if fmt == "parquet":
-            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+            # Pre-buffering fetches a row group's column chunks in a few large reads.
+            batches = pq.ParquetFile(path, pre_buffer=True).iter_batches(batch_size=batch_size, columns=columns)
         else:
             batches = _open_text_reader(path, fmt, columns)
         for batch in batches:
@@ -242,33 +244,60 @@ class BatchWriter:
 
     ```
 
-    JSONL has no NaN: NaN floats are written as ``null``.
+    JSONL has no NaN: NaN floats are written as ``null``. Parquet batches are encoded and
+    compressed on a background thread (Arrow releases the GIL) while the caller prepares the next
+    one; at most one batch is in flight, and its errors surface on the next ``write`` or ``close``.
+    ``dictionary_columns`` names the Parquet columns worth dictionary-encoding (default: all);
+    leaving out columns of distinct floats saves the encoder a dictionary it would discard.
     """
 
-    def __init__(self, path: str | os.PathLike[str], schema: pa.Schema, fmt: str) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        schema: pa.Schema,
+        fmt: str,
+        *,
+        dictionary_columns: Sequence[str] | None = None,
+    ) -> None:
         if fmt not in _OUTPUT_FORMATS:
             raise ValueError(f"fmt must be one of {_OUTPUT_FORMATS}, got {fmt!r}")
         self.path = Path(path)
         self.schema = schema
         self.fmt = fmt
-        self._parquet = pq.ParquetWriter(self.path, schema) if fmt == "parquet" else None
-        self._text = self.path.open("w", encoding="utf-8") if fmt == "jsonl" else None
+        self._parquet, self._text, self._background = None, None, None
+        self._pending: Future[None] | None = None
+        if fmt == "parquet":
+            use_dictionary = True if dictionary_columns is None else list(dictionary_columns)
+            self._parquet = pq.ParquetWriter(self.path, schema, use_dictionary=use_dictionary)
+            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        else:
+            self._text = self.path.open("w", encoding="utf-8")
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         """Append the rows of ``data`` (which must have this writer's schema)."""
         if self._parquet is not None:
-            self._parquet.write(data)
+            self._wait()
+            self._pending = self._background.submit(self._parquet.write, data)
             return
         columns = [_nan_to_null(column) for column in data.columns]
         records = pa.Table.from_arrays(columns, schema=self.schema).to_pylist()
         self._text.writelines(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
 
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def close(self) -> None:
-        """Flush and close the file."""
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._text is not None:
-            self._text.close()
+        """Finish the batch in flight, then flush and close the file."""
+        try:
+            self._wait()
+        finally:
+            if self._parquet is not None:
+                self._background.shutdown()
+                self._parquet.close()
+            if self._text is not None:
+                self._text.close()
 
     def __enter__(self) -> BatchWriter:
         return self
@@ -285,11 +314,18 @@ def _nan_to_null(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArr
 
 @contextlib.contextmanager
 def open_writer(
-    path: str | os.PathLike[str], schema: pa.Schema, *, overwrite: bool = False
+    path: str | os.PathLike[str],
+    schema: pa.Schema,
+    *,
+    overwrite: bool = False,
+    dictionary_columns: Sequence[str] | None = None,
 ) -> Iterator[BatchWriter]:
     """A :class:`BatchWriter` on a temporary file that becomes ``path`` only if the block succeeds."""
     fmt = output_format(path)
-    with atomic_output(path, overwrite=overwrite) as temporary, BatchWriter(temporary, schema, fmt) as writer:
+    with (
+        atomic_output(path, overwrite=overwrite) as temporary,
+        BatchWriter(temporary, schema, fmt, dictionary_columns=dictionary_columns) as writer,
+    ):
         yield writer
 
 

@@ -2,7 +2,7 @@
 
 The engine scores contiguous groups. A file's rows of one prompt are usually adjacent but need not
 be, so rows are numbered by group (in order of first appearance) and, only when some group is split,
-stably reordered to make every group contiguous; results are then scattered back to file order.
+stably reordered to make every group contiguous; results are then gathered back in file order.
 """
 
 from __future__ import annotations
@@ -14,6 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ["Groups", "group_rows"]
+
+# Below this many rows per run of adjacent equal keys on average, hashing every key beats taking
+# the run keys first (which copies them).
+_MIN_MEAN_RUN = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +45,17 @@ class Groups:
         """Per-row ``values`` reordered so that each group's rows are adjacent."""
         return values if self.order is None else values[self.order]
 
-    def to_file_order(self, values: np.ndarray) -> np.ndarray:
-        """The inverse of :meth:`contiguous`."""
+    def positions(self) -> np.ndarray | None:
+        """Where each row went in :meth:`contiguous` order (the inverse of ``order``), or ``None``.
+
+        ``contiguous(values)[positions()[rows]]`` is ``values[rows]``: results computed on grouped
+        rows come back to file order batch by batch, without a full-size copy per result.
+        """
         if self.order is None:
-            return values
-        restored = np.empty_like(values)
-        restored[self.order] = values
-        return restored
+            return None
+        inverse = np.empty_like(self.order)
+        inverse[self.order] = np.arange(self.order.shape[0], dtype=self.order.dtype)
+        return inverse
 
 
 def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
@@ -69,27 +77,52 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Groups(ids=np.zeros(0, dtype=np.int32), sizes=empty, first_rows=empty, order=None)
-    # Hash one key per run of equal adjacent keys rather than one per row: files usually hold a
-    # prompt's completions together, so this hashes about 1/N of the strings.
-    changes = pc.not_equal(keys.slice(1), keys.slice(0, n - 1))
-    run_starts = np.flatnonzero(np.concatenate([[True], _to_bool_numpy(changes)]))
-    run_lengths = np.diff(np.append(run_starts, n))
-    encoded = pc.dictionary_encode(keys.take(pa.array(run_starts)))
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
+    chunks = [chunk for chunk in (keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]) if len(chunk)]
+    run_starts = _run_starts(chunks)
+    if run_starts.shape[0] > n // _MIN_MEAN_RUN:
+        # Scattered rows: hash every key (Arrow keeps one dictionary across the chunks).
+        encoded = pc.dictionary_encode(pa.chunked_array(chunks))
+        ids = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks]).astype(np.int32, copy=False)
+        return _scattered(ids, len(encoded.chunks[0].dictionary))
+    # Files usually hold a prompt's completions together: hash one key per run of equal adjacent
+    # keys, taken chunk by chunk (a take on the chunked column would first concatenate its strings).
+    offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])
+    run_keys = pa.concat_arrays(
+        [
+            chunk.take(pa.array(run_starts[(run_starts >= start) & (run_starts < stop)] - start))
+            for chunk, start, stop in zip(chunks, offsets[:-1], offsets[1:])
+        ]
+    )
+    encoded = pc.dictionary_encode(run_keys)
     num_groups = len(encoded.dictionary)
-    if num_groups == run_starts.shape[0]:
+    run_lengths = np.diff(np.append(run_starts, n))
+    if num_groups == run_starts.shape[0]:  # no prompt comes back after another: already contiguous
         ids = np.repeat(np.arange(num_groups, dtype=np.int32), run_lengths)
-        return Groups(ids=ids, sizes=run_lengths.astype(np.int64), first_rows=run_starts.astype(np.int64), order=None)
-    ids = np.repeat(encoded.indices.to_numpy().astype(np.int32, copy=False), run_lengths)
+        return Groups(ids=ids, sizes=run_lengths, first_rows=run_starts, order=None)
+    return _scattered(np.repeat(encoded.indices.to_numpy().astype(np.int32, copy=False), run_lengths), num_groups)
+
+
+def _scattered(ids: np.ndarray, num_groups: int) -> Groups:
+    """Groups from ids numbered by first appearance, sorting rows only if some group is split."""
     sizes = np.bincount(ids, minlength=num_groups).astype(np.int64)
-    order = _stable_argsort_small_ints(ids, num_groups)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    if np.all(ids[1:] >= ids[:-1]):
+        return Groups(ids=ids, sizes=sizes, first_rows=starts, order=None)
+    order = _stable_argsort_small_ints(ids, num_groups)
     return Groups(ids=ids, sizes=sizes, first_rows=order[starts], order=order)
 
 
-def _to_bool_numpy(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
+def _run_starts(chunks: list[pa.Array]) -> np.ndarray:
+    """The int64 rows where a run of equal adjacent keys starts, across chunk boundaries."""
+    starts = []
+    offset, previous = 0, None
+    for chunk in chunks:
+        changes = pc.not_equal(chunk.slice(1), chunk.slice(0, len(chunk) - 1)).to_numpy(zero_copy_only=False)
+        first_is_new = previous is None or previous != chunk[0]
+        starts.append(np.flatnonzero(np.concatenate([[first_is_new], changes])) + offset)
+        offset += len(chunk)
+        previous = chunk[len(chunk) - 1]
+    return np.concatenate(starts).astype(np.int64, copy=False)
 
 
 def _stable_argsort_small_ints(ids: np.ndarray, bound: int) -> np.ndarray:

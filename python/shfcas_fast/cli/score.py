@@ -64,6 +64,8 @@ SCORE_FIELDS = pa.schema(
         ("degenerate", pa.bool_()),
     ]
 )
+# The rest are per prompt, repeated on each of its rows.
+_PER_ROW_FIELDS = ("z_logprob", "z_reward", "pacs")
 
 
 @app.command("score")
@@ -130,20 +132,24 @@ def score_file(
     scored_columns = list(options)  # a dict: one name used for two roles is read once
     total = io.count_rows(input_path)
 
-    with io.open_writer(output, _output_schema(schema), overwrite=overwrite) as writer:
+    output_schema = _output_schema(schema)
+    # Dictionary-encode the input's columns as a Parquet writer would; the scores are distinct floats.
+    input_columns = [name for name in output_schema.names if name not in SCORE_FIELDS.names]
+    with io.open_writer(output, output_schema, overwrite=overwrite, dictionary_columns=input_columns) as writer:
         scored_table, logprob, reward, drop = _read_scored_columns(
             input_path, scored_columns, logprob_column, reward_column, nan_policy, batch_size, total, quiet
         )
         prompts = scored_table[prompt_column]
         groups = group_rows(prompts if drop is None else prompts.filter(pa.array(~drop)), prompt_column)
         scores = score(groups.contiguous(logprob), groups.contiguous(reward), groups.sizes)
+        del logprob, reward  # pass 2 needs the memory more
         with progress_bar(total, "writing", quiet=quiet) as bar:
             for batch in _scored_batches(input_path, writer.schema, scored_table, drop, groups, scores, batch_size):
                 writer.write(batch)
                 bar.update(batch.num_rows)
     omitted = 0 if drop is None else int(np.count_nonzero(drop))
     return (
-        f"Scored {logprob.shape[0]:,} rows in {groups.num_groups:,} prompts "
+        f"Scored {groups.ids.shape[0]:,} rows in {groups.num_groups:,} prompts "
         f"({int(np.count_nonzero(scores.degenerate)):,} degenerate"
         + (f", {omitted:,} rows with non-finite values omitted" if omitted else "")
         + f") into {output}"
@@ -198,38 +204,32 @@ def _scored_batches(
     batch_size: int,
 ) -> Iterator[pa.Table]:
     """Pass 2: the input's batches, without dropped rows, with the score columns appended."""
-    per_row = {name: groups.to_file_order(getattr(scores, name)) for name in ("z_logprob", "z_reward", "pacs")}
-    per_group = {name: getattr(scores, name) for name in ("group_conflict", "kendall_tau", "kendall_distance", "degenerate")}
+    input_names = [name for name in schema.names if name not in SCORE_FIELDS.names]
+    positions = groups.positions()
     kept_start = 0
-    for start, other in _input_slices(input_path, schema, scored_table, batch_size):
-        stop = start + other.num_rows
-        table = pa.Table.from_arrays(
-            [
-                other.column(field.name) if field.name in other.schema.names else scored_table[field.name].slice(start, other.num_rows)
-                for field in schema
-                if field.name not in SCORE_FIELDS.names
-            ],
-            names=[name for name in schema.names if name not in SCORE_FIELDS.names],
-        )
+    for start, other in _input_slices(input_path, input_names, scored_table, batch_size):
+        columns = [
+            other[name] if name in other.column_names else scored_table[name].slice(start, other.num_rows)
+            for name in input_names
+        ]
+        table = pa.Table.from_arrays(columns, names=input_names)
         if drop is not None:
-            table = table.filter(pa.array(~drop[start:stop]))
-        kept_stop = kept_start + table.num_rows
-        ids = groups.ids[kept_start:kept_stop]
-        extra = [per_row[name][kept_start:kept_stop] for name in per_row]
-        extra += [values[ids] for values in per_group.values()]
-        for field, values in zip(SCORE_FIELDS, extra):
+            table = table.filter(pa.array(~drop[start : start + other.num_rows]))
+        kept = slice(kept_start, kept_start + table.num_rows)
+        rows = kept if positions is None else positions[kept]  # where these rows are in ``scores``
+        prompts = groups.ids[kept]
+        for field in SCORE_FIELDS:
+            values = getattr(scores, field.name)[rows if field.name in _PER_ROW_FIELDS else prompts]
             table = table.append_column(field, pa.array(values, type=field.type))
         yield table
-        kept_start = kept_stop
+        kept_start = kept.stop
 
 
 def _input_slices(
-    input_path: Path, schema: pa.Schema, scored_table: pa.Table, batch_size: int
+    input_path: Path, input_names: list[str], scored_table: pa.Table, batch_size: int
 ) -> Iterator[tuple[int, pa.Table]]:
-    """``(first row, batch of the columns not read in pass 1)`` over the input, in order."""
-    other = [
-        name for name in schema.names if name not in scored_table.schema.names and name not in SCORE_FIELDS.names
-    ]
+    """``(first row, batch of the input columns not read in pass 1)`` over the input, in order."""
+    other = [name for name in input_names if name not in scored_table.column_names]
     if not other:  # nothing left to read: walk pass 1's rows
         for start in range(0, scored_table.num_rows, batch_size):
             yield start, scored_table.slice(start, batch_size).select([])
