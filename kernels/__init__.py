@@ -10,6 +10,7 @@ launchers, argument checks and torch fallbacks live in ``shfcas_fast.logprobs``.
   an online log-sum-exp that never builds the logits.
 - ``zscore``: per-prompt z-scores, PACS, conflict and the degenerate flag over ``[B]`` sequences.
 
-Triton decides at decoration time whether a kernel is compiled or interpreted: set
-``TRITON_INTERPRET=1`` before these modules are imported to run them on CPU tensors.
+Triton decides when each ``@jit`` function is defined (its own ``tl.max`` included) whether it is
+compiled or interpreted: to run these kernels on CPU tensors, set ``TRITON_INTERPRET=1`` before
+triton is first imported.
 """

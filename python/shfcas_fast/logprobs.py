@@ -4,7 +4,7 @@ Torch tensors in, torch tensors out on the same device. Every entry point is aut
 data, not training) and accumulates in fp32 whatever the input dtype. ``backend`` picks the
 implementation: ``"auto"`` runs the Triton kernels of :mod:`shfcas_fast.kernels` on CUDA and torch
 elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
-before the kernels are first imported), ``"torch"`` forces the chunked torch path.
+before triton is first imported), ``"torch"`` forces the chunked torch path.
 
 Example:
 ```python
@@ -263,7 +263,8 @@ def policy_logprobs(
     Runs the model's decoder for the last hidden state, then :func:`sequence_logprobs_from_hidden` on
     the output embeddings (tied or not). Token ``t + 1`` is scored from position ``t``; it counts when
     ``response_mask`` and ``attention_mask`` are both true at ``t + 1``. Equal to the naive
-    ``model(input_ids, attention_mask=attention_mask).logits`` computation.
+    ``model(input_ids, attention_mask=attention_mask).logits`` computation. Put the model in eval
+    mode first: dropout would make the log-probabilities random.
 
     Example:
     ```python
