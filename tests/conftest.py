@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-import shfcas_fast
-from shfcas_fast import baseline
+import torch
+
+# Without a GPU, Triton kernels are tested in its interpreter, which must be chosen before triton is
+# first imported (it is read at import time).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import shfcas_fast  # noqa: E402
+from shfcas_fast import baseline  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=[shfcas_fast, baseline], ids=["engine", "baseline"])
