@@ -175,18 +175,37 @@ def test_policy_logprobs_on_the_triton_backend_matches_the_naive_logits():
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
 
 
-@needs_cuda
-@pytest.mark.gpu
 def test_logits_kernel_offsets_past_2_to_the_31():
-    # 16,400 tokens x 131,072 vocabulary = 2.15e9 elements (4.3 GB in bf16): 32-bit offsets wrap.
-    positions, vocab = 16_400, 131_072
-    logits = torch.randn(1, positions, vocab, device="cuda", dtype=torch.bfloat16)
-    labels = torch.randint(0, vocab, (1, positions), device="cuda")
-    mask = torch.zeros(1, positions, dtype=torch.bool, device="cuda")
-    mask[0, -64:] = True  # the rows whose offsets exceed 2**31
+    # 16,400 positions x 131,072 vocabulary = 2.15e9 elements: with 32-bit offsets position * stride
+    # wraps and the kernel reads outside the buffer (a wrong value or a crash). torch.empty leaves
+    # the 4.3 GB unwritten (on the CPU, pages never touched stay virtual); only the last 64 rows are
+    # filled and counted, and uncounted rows are never read.
+    positions, vocab, tail = 16_400, 131_072, 64
+    logits = torch.empty(1, positions, vocab, dtype=torch.bfloat16, device=DEVICE)
+    generator = torch.Generator().manual_seed(20)
+    logits[:, -tail:] = torch.randn(1, tail, vocab, generator=generator).to(DEVICE, torch.bfloat16)
+    labels = torch.randint(0, vocab, (1, positions), generator=generator).to(DEVICE)
+    mask = torch.zeros(1, positions, dtype=torch.bool, device=DEVICE)
+    mask[0, -tail:] = True
     got = lp.sequence_logprobs(logits, labels, mask=mask, backend="triton")
-    expected = reference_sequence_logprobs(logits[:, -64:], labels[:, -64:], mask[:, -64:])
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-3)
+    expected = reference_sequence_logprobs(logits[:, -tail:], labels[:, -tail:], mask[:, -tail:])
+    torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=1e-5, atol=1e-3)
+
+
+def test_hidden_kernel_offsets_past_2_to_the_31():
+    # 2**21 + 64 positions x 1024 hidden = 2.15e9 elements, unwritten but for the counted tail.
+    positions, hidden_size, vocab, tail = 2**21 + 64, 1024, 300, 40
+    hidden = torch.empty(1, positions, hidden_size, dtype=torch.bfloat16, device=DEVICE)
+    generator = torch.Generator().manual_seed(21)
+    hidden[:, -tail:] = torch.randn(1, tail, hidden_size, generator=generator).to(DEVICE, torch.bfloat16)
+    weight = (torch.randn(vocab, hidden_size, generator=generator) / 32).to(DEVICE, torch.bfloat16)
+    labels = torch.randint(0, vocab, (1, positions), generator=generator).to(DEVICE)
+    mask = torch.zeros(1, positions, dtype=torch.bool, device=DEVICE)
+    mask[0, -tail:] = True
+    got = lp.sequence_logprobs_from_hidden(hidden, weight, labels, mask=mask, backend="triton")
+    logits = hidden[:, -tail:].double() @ weight.double().T
+    expected = reference_sequence_logprobs(logits, labels[:, -tail:], mask[:, -tail:])
+    torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=1e-5, atol=1e-3)
 
 
 @needs_cuda
