@@ -130,8 +130,8 @@ class TestSelectInputs:
         [
             ({"budget": -1}, ValueError, "budget must be >= 0, got -1"),
             ({"budget": 2.5}, TypeError, "budget must be an int, got float"),
-            ({"threshold": float("nan")}, ValueError, "threshold must be a finite number, got nan"),
-            ({"threshold": "high"}, ValueError, "threshold must be a finite number, got 'high'"),
+            ({"threshold": float("nan")}, ValueError, "threshold must be finite, got nan"),
+            ({"threshold": "high"}, TypeError, "threshold must be a number, got str"),
             ({"strategy": "entropy"}, ValueError, "strategy must be \"pacs\", \"kendall\" or \"random\", got 'entropy'"),
             ({"strategy": "random"}, ValueError, 'strategy="random" needs a budget'),
             ({"strategy": "random", "budget": 1, "threshold": 1.0}, ValueError, 'strategy="random" takes no threshold'),

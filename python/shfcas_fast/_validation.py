@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
+__all__ = ["as_count", "as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
 
 
 _NUMPY_FLOAT_TENSORS = {"torch.float16", "torch.float32", "torch.float64"}
@@ -125,3 +125,12 @@ def group_offsets(group_sizes: Any, n: int, name: str = "group_sizes") -> np.nda
     if offsets[-1] != n:
         raise ValueError(f"{name} sums to {int(offsets[-1])} but there are {n} items")
     return offsets
+
+
+def as_count(value: Any, name: str) -> int:
+    """Check that ``value`` is a non-negative int (``k``, ``budget``) and return it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._validation import as_float_pair, as_float_vector, group_offsets
+from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
 from .scoring import ConflictScores, select
 
 __all__ = ["pacs", "kendall_tau", "kendall_distance", "top_k", "score", "select"]
@@ -114,13 +114,10 @@ def top_k(scores: Any, k: int) -> np.ndarray:
     ``torch.topk`` finds the k-th largest value; the items tied with it are then taken in index
     order, because ``torch.topk`` itself breaks ties arbitrarily.
     """
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    k = as_count(k, "k")
     values = torch.from_numpy(as_float_vector(scores, "scores", finite=False))
     is_number = ~torch.isnan(values)
-    k = min(int(k), int(is_number.sum()))
+    k = min(k, int(is_number.sum()))
     if k == 0:
         return np.zeros(0, dtype=np.int64)
     # NaN would sort above everything in torch.topk; -inf keeps it out unless real -inf ties it.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
-from ._validation import as_float_pair, as_float_vector, group_offsets
+from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
 
 __all__ = [
     "ConflictScores",
@@ -127,12 +127,9 @@ def top_k(scores: Any, k: int) -> np.ndarray:
 
     ```
     """
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    k = as_count(k, "k")
     values = as_float_vector(scores, "scores", finite=False)
-    return _core.top_k(values, int(k))
+    return _core.top_k(values, k)
 
 
 def score(logprobs: Any, rewards: Any, group_sizes: Any) -> ConflictScores:
@@ -199,12 +196,12 @@ def select(
     if not isinstance(scores, ConflictScores):
         raise TypeError(f"scores must be a ConflictScores from shfcas_fast.score, got {type(scores).__name__}")
     if budget is not None:
-        if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)):
-            raise TypeError(f"budget must be an int, got {type(budget).__name__}")
-        if budget < 0:
-            raise ValueError(f"budget must be >= 0, got {budget}")
-    if threshold is not None and not (isinstance(threshold, (int, float, np.floating, np.integer)) and math.isfinite(threshold)):
-        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        budget = as_count(budget, "budget")
+    if threshold is not None:
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        if not math.isfinite(threshold):
+            raise ValueError(f"threshold must be finite, got {threshold!r}")
     eligible = ~np.asarray(scores.degenerate, dtype=bool)
 
     if strategy == "random":
@@ -213,7 +210,7 @@ def select(
         if threshold is not None:
             raise ValueError('strategy="random" takes no threshold')
         candidates = np.flatnonzero(eligible)
-        take = min(int(budget), candidates.shape[0])
+        take = min(budget, candidates.shape[0])
         chosen = np.random.default_rng(seed).choice(candidates, size=take, replace=False)
         return np.sort(chosen).astype(np.int64)
 
@@ -229,5 +226,5 @@ def select(
     masked = np.where(eligible, values, np.nan)
     if threshold is not None:
         masked = np.where(masked > threshold, masked, np.nan)
-    k = int(budget) if budget is not None else int(np.count_nonzero(~np.isnan(masked)))
+    k = budget if budget is not None else int(np.count_nonzero(~np.isnan(masked)))
     return top_k(masked, k)
