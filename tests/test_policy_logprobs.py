@@ -84,6 +84,12 @@ def test_models_with_a_final_logit_transform_are_refused():
         lp.policy_logprobs(model, input_ids, attention_mask, response_mask)
 
 
+def test_an_empty_batch_gives_an_empty_result():
+    empty = torch.zeros(0, 6, dtype=torch.long)
+    got = lp.policy_logprobs(tiny_gpt2(), empty, empty, empty, backend="torch")
+    assert got.shape == (0,) and got.dtype == torch.float32
+
+
 def test_bad_arguments_are_named():
     model = tiny_gpt2()
     input_ids, attention_mask, response_mask = left_padded_batch(seed=4)

@@ -306,7 +306,7 @@ def policy_logprobs(
     counted = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
     counted[:, :-1] = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
 
-    chunks = []
+    chunks = [torch.zeros(0, dtype=torch.float32, device=head.weight.device)]  # an empty batch gives [0]
     with torch.no_grad():
         for start in range(0, input_ids.shape[0], batch_size):
             batch = slice(start, start + batch_size)
