@@ -2,29 +2,22 @@
 
 On a machine without CUDA they run under Triton's interpreter on tiny odd shapes. Triton chooses
 between compiling and interpreting when each ``@jit`` function is *defined*, its own ``tl.max``
-included, so ``TRITON_INTERPRET=1`` must be set before triton is first imported: CI exports it.
-This module also sets it, which is enough when it is the first to import triton (run on its own).
-Tests skip only when neither CUDA nor the interpreter is available, saying which. Tests marked
-``gpu`` need real hardware: sizes past 2**31 elements and the bf16 tensor-core matmul.
+included, so ``TRITON_INTERPRET=1`` must be set before triton is first imported: conftest.py does
+so when there is no CUDA. Tests skip only when neither CUDA nor the interpreter is available, and
+say which. The test marked ``gpu`` needs real hardware: the bf16 tensor-core matmul.
 """
 
 from __future__ import annotations
 
-import os
-
+import numpy as np
+import pytest
 import torch
+import transformers
+from trl.trainer.utils import selective_log_softmax
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import transformers  # noqa: E402
-from trl.trainer.utils import selective_log_softmax  # noqa: E402
-
-import reference  # noqa: E402
-from shfcas_fast import logprobs as lp  # noqa: E402
-from test_logprobs import (  # noqa: E402
+import reference
+from shfcas_fast import logprobs as lp
+from test_logprobs import (
     DTYPES,
     error_bound,
     ragged_case,
