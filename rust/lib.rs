@@ -79,6 +79,15 @@ enum Pair<'a> {
     F32(&'a [f32], &'a [f32]),
 }
 
+impl Pair<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Pair::F64(a, _) => a.len(),
+            Pair::F32(a, _) => a.len(),
+        }
+    }
+}
+
 /// Runs `work` without the interpreter, inside the engine's pool, turning panics into errors.
 fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyResult<R> {
     let outcome = py.detach(|| {
@@ -95,17 +104,21 @@ fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyR
     outcome.map_err(PyRuntimeError::new_err)
 }
 
-fn checked_offsets<'a>(offsets: &'a PyReadonlyArray1<'_, i64>, n: usize) -> PyResult<&'a [i64]> {
-    let slice = offsets.as_slice().map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
-    groups::validate_offsets(slice, n).map_err(PyValueError::new_err)?;
-    Ok(slice)
-}
-
-fn score_pair(pair: &Pair<'_>, offsets: &[i64], wanted: Wanted) -> scoring::Scores {
-    match *pair {
-        Pair::F64(l, r) => scoring::score(l, r, offsets, wanted),
-        Pair::F32(l, r) => scoring::score(l, r, offsets, wanted),
-    }
+/// Scores grouped items after checking the two arrays and the offsets.
+fn score_grouped(
+    py: Python<'_>,
+    (x, y): (&FloatArray<'_>, &FloatArray<'_>),
+    names: (&str, &str),
+    offsets: &PyReadonlyArray1<'_, i64>,
+    wanted: Wanted,
+) -> PyResult<scoring::Scores> {
+    let pair = same_typed(x.as_slice(names.0)?, y.as_slice(names.1)?, names)?;
+    let offsets = offsets.as_slice().map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
+    groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
+    run_detached(py, || match pair {
+        Pair::F64(a, b) => scoring::score(a, b, offsets, wanted),
+        Pair::F32(a, b) => scoring::score(a, b, offsets, wanted),
+    })
 }
 
 /// Index of the first NaN or infinite value, or None.
@@ -129,14 +142,8 @@ fn pacs<'py>(
     rewards: FloatArray<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let pair = same_typed(logprobs.as_slice("logprobs")?, rewards.as_slice("rewards")?, ("logprobs", "rewards"))?;
-    let n = match pair {
-        Pair::F64(l, _) => l.len(),
-        Pair::F32(l, _) => l.len(),
-    };
-    let offsets = checked_offsets(&offsets, n)?;
-    let scores = run_detached(py, || score_pair(&pair, offsets, Wanted::PACS))?;
-    Ok(scores.pacs.into_pyarray(py))
+    let s = score_grouped(py, (&logprobs, &rewards), ("logprobs", "rewards"), &offsets, Wanted::PACS)?;
+    Ok(s.pacs.into_pyarray(py))
 }
 
 /// Every conflict measure: (z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate).
@@ -155,13 +162,7 @@ fn score<'py>(
     Bound<'py, PyArray1<f64>>,
     Bound<'py, PyArray1<bool>>,
 )> {
-    let pair = same_typed(logprobs.as_slice("logprobs")?, rewards.as_slice("rewards")?, ("logprobs", "rewards"))?;
-    let n = match pair {
-        Pair::F64(l, _) => l.len(),
-        Pair::F32(l, _) => l.len(),
-    };
-    let offsets = checked_offsets(&offsets, n)?;
-    let s = run_detached(py, || score_pair(&pair, offsets, Wanted::ALL))?;
+    let s = score_grouped(py, (&logprobs, &rewards), ("logprobs", "rewards"), &offsets, Wanted::ALL)?;
     Ok((
         s.z_logprob.into_pyarray(py),
         s.z_reward.into_pyarray(py),
@@ -180,13 +181,7 @@ fn kendall_tau_grouped<'py>(
     y: FloatArray<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let pair = same_typed(x.as_slice("x")?, y.as_slice("y")?, ("x", "y"))?;
-    let n = match pair {
-        Pair::F64(a, _) => a.len(),
-        Pair::F32(a, _) => a.len(),
-    };
-    let offsets = checked_offsets(&offsets, n)?;
-    let s = run_detached(py, || score_pair(&pair, offsets, Wanted::KENDALL))?;
+    let s = score_grouped(py, (&x, &y), ("x", "y"), &offsets, Wanted::KENDALL)?;
     Ok(s.kendall_tau.into_pyarray(py))
 }
 
