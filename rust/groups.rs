@@ -13,7 +13,10 @@ pub fn validate_offsets(offsets: &[i64], n: usize) -> Result<(), String> {
         _ => unreachable!(),
     }
     if let Some(at) = offsets.windows(2).position(|w| w[1] < w[0]) {
-        return Err(format!("group_sizes[{at}] is {}; group sizes must be >= 0", offsets[at + 1] - offsets[at]));
+        return Err(format!(
+            "group_sizes[{at}] is {}; group sizes must be >= 0",
+            offsets[at + 1] - offsets[at]
+        ));
     }
     Ok(())
 }
@@ -61,6 +64,8 @@ mod tests {
         assert!(validate_offsets(&[], 0).unwrap_err().contains("at least one"));
         assert!(validate_offsets(&[1, 5], 5).unwrap_err().contains("start at 0"));
         assert!(validate_offsets(&[0, 4], 5).unwrap_err().contains("sum to 4"));
-        assert!(validate_offsets(&[0, 3, 2, 5], 5).unwrap_err().contains("group_sizes[1] is -1"));
+        assert!(validate_offsets(&[0, 3, 2, 5], 5)
+            .unwrap_err()
+            .contains("group_sizes[1] is -1"));
     }
 }

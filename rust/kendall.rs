@@ -56,7 +56,10 @@ pub fn tau_b<T: Real>(x: &[T], y: &[T]) -> f64 {
 /// O(n^2) pair counts.
 pub fn pair_counts_pairwise<T: Real>(x: &[T], y: &[T]) -> PairCounts {
     let n = x.len();
-    let mut counts = PairCounts { total: pairs(n as u64), ..Default::default() };
+    let mut counts = PairCounts {
+        total: pairs(n as u64),
+        ..Default::default()
+    };
     for i in 0..n {
         let (xi, yi) = (x[i].to_f64(), y[i].to_f64());
         for j in (i + 1)..n {
@@ -77,9 +80,15 @@ pub fn pair_counts_pairwise<T: Real>(x: &[T], y: &[T]) -> PairCounts {
 pub fn pair_counts_sorted<T: Real>(x: &[T], y: &[T]) -> PairCounts {
     let n = x.len();
     let mut keyed: Vec<(u64, u64)> = if n >= PARALLEL_MIN {
-        x.par_iter().zip(y.par_iter()).map(|(a, b)| (order_key(a.to_f64()), order_key(b.to_f64()))).collect()
+        x.par_iter()
+            .zip(y.par_iter())
+            .map(|(a, b)| (order_key(a.to_f64()), order_key(b.to_f64())))
+            .collect()
     } else {
-        x.iter().zip(y.iter()).map(|(a, b)| (order_key(a.to_f64()), order_key(b.to_f64()))).collect()
+        x.iter()
+            .zip(y.iter())
+            .map(|(a, b)| (order_key(a.to_f64()), order_key(b.to_f64())))
+            .collect()
     };
     if n >= PARALLEL_MIN {
         keyed.par_sort_unstable();
@@ -94,7 +103,13 @@ pub fn pair_counts_sorted<T: Real>(x: &[T], y: &[T]) -> PairCounts {
     let mut scratch = vec![0u64; n];
     let discordant = sort_counting_inversions(&mut ys, &mut scratch);
     let y_ties = tied_pairs(&ys, |a, b| a == b);
-    PairCounts { total: pairs(n as u64), x_ties, y_ties, joint_ties, discordant }
+    PairCounts {
+        total: pairs(n as u64),
+        x_ties,
+        y_ties,
+        joint_ties,
+        discordant,
+    }
 }
 
 #[inline]
@@ -224,7 +239,11 @@ mod tests {
                 let y: Vec<f32> = (0..n).map(|_| (lcg(&mut seed) % levels) as f32 - 1.5).collect();
                 let xf: Vec<f64> = x.clone();
                 let yf: Vec<f64> = y.iter().map(|&v| v as f64).collect();
-                assert_eq!(pair_counts_pairwise(&xf, &yf), pair_counts_sorted(&xf, &yf), "n={n} levels={levels}");
+                assert_eq!(
+                    pair_counts_pairwise(&xf, &yf),
+                    pair_counts_sorted(&xf, &yf),
+                    "n={n} levels={levels}"
+                );
             }
         }
     }

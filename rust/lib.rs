@@ -70,7 +70,10 @@ fn same_typed<'a>(x: FloatSlice<'a>, y: FloatSlice<'a>, names: (&str, &str)) -> 
     match (x, y) {
         (FloatSlice::F64(a), FloatSlice::F64(b)) => Ok(Pair::F64(a, b)),
         (FloatSlice::F32(a), FloatSlice::F32(b)) => Ok(Pair::F32(a, b)),
-        _ => Err(PyValueError::new_err(format!("{} and {} must have the same dtype", names.0, names.1))),
+        _ => Err(PyValueError::new_err(format!(
+            "{} and {} must have the same dtype",
+            names.0, names.1
+        ))),
     }
 }
 
@@ -113,7 +116,9 @@ fn score_grouped(
     wanted: Wanted,
 ) -> PyResult<scoring::Scores> {
     let pair = same_typed(x.as_slice(names.0)?, y.as_slice(names.1)?, names)?;
-    let offsets = offsets.as_slice().map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
+    let offsets = offsets
+        .as_slice()
+        .map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
     groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
     run_detached(py, || match pair {
         Pair::F64(a, b) => scoring::score(a, b, offsets, wanted),
@@ -142,7 +147,13 @@ fn pacs<'py>(
     rewards: FloatArray<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let s = score_grouped(py, (&logprobs, &rewards), ("logprobs", "rewards"), &offsets, Wanted::PACS)?;
+    let s = score_grouped(
+        py,
+        (&logprobs, &rewards),
+        ("logprobs", "rewards"),
+        &offsets,
+        Wanted::PACS,
+    )?;
     Ok(s.pacs.into_pyarray(py))
 }
 
@@ -162,7 +173,13 @@ fn score<'py>(
     Bound<'py, PyArray1<f64>>,
     Bound<'py, PyArray1<bool>>,
 )> {
-    let s = score_grouped(py, (&logprobs, &rewards), ("logprobs", "rewards"), &offsets, Wanted::ALL)?;
+    let s = score_grouped(
+        py,
+        (&logprobs, &rewards),
+        ("logprobs", "rewards"),
+        &offsets,
+        Wanted::ALL,
+    )?;
     Ok((
         s.z_logprob.into_pyarray(py),
         s.z_reward.into_pyarray(py),

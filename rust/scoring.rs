@@ -48,8 +48,22 @@ impl GroupOutputs for ScoreViews<'_> {
         let (t_a, t_b) = split_opt(self.kendall_tau, groups);
         let (d_a, d_b) = split_opt(self.degenerate, groups);
         (
-            ScoreViews { z_logprob: zl_a, z_reward: zr_a, pacs: p_a, group_conflict: c_a, kendall_tau: t_a, degenerate: d_a },
-            ScoreViews { z_logprob: zl_b, z_reward: zr_b, pacs: p_b, group_conflict: c_b, kendall_tau: t_b, degenerate: d_b },
+            ScoreViews {
+                z_logprob: zl_a,
+                z_reward: zr_a,
+                pacs: p_a,
+                group_conflict: c_a,
+                kendall_tau: t_a,
+                degenerate: d_a,
+            },
+            ScoreViews {
+                z_logprob: zl_b,
+                z_reward: zr_b,
+                pacs: p_b,
+                group_conflict: c_b,
+                kendall_tau: t_b,
+                degenerate: d_b,
+            },
         )
     }
 }
@@ -64,9 +78,24 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    pub const ALL: Wanted = Wanted { z_scores: true, pacs: true, conflict: true, kendall: true };
-    pub const PACS: Wanted = Wanted { z_scores: false, pacs: true, conflict: false, kendall: false };
-    pub const KENDALL: Wanted = Wanted { z_scores: false, pacs: false, conflict: false, kendall: true };
+    pub const ALL: Wanted = Wanted {
+        z_scores: true,
+        pacs: true,
+        conflict: true,
+        kendall: true,
+    };
+    pub const PACS: Wanted = Wanted {
+        z_scores: false,
+        pacs: true,
+        conflict: false,
+        kendall: false,
+    };
+    pub const KENDALL: Wanted = Wanted {
+        z_scores: false,
+        pacs: false,
+        conflict: false,
+        kendall: true,
+    };
 }
 
 fn mean_and_std<T: Real>(values: &[T]) -> (f64, f64) {
