@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from shfcas_fast.loop.synthetic import (
     CATEGORIES,
@@ -11,6 +12,16 @@ from shfcas_fast.loop.synthetic import (
     tiny_causal_lm,
     tiny_reward_model,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_torch_thread():
+    """One intra-op thread: on models this small, a second thread costs more in synchronisation than it
+    saves (ten times slower training on a busy two-core machine). Restored for the rest of the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -88,11 +88,14 @@ def test_resume_after_a_crash_in_every_stage(tmp_path, crash_stage, policy, rewa
     ran = []
     resumed = make_loop(tmp_path, tiny_causal_lm(tokenizer, 0), tiny_reward_model(tokenizer, 0), tokenizer, task,
                         pool, stage_hook=lambda r, stage: ran.append(stage))
-    resumed.run()
+    results = resumed.run()
     assert ran == list(STAGES[STAGES.index(crash_stage):])  # finished stages are loaded, not redone
-    reference_dir = reference_run[0].round_dir(0)
+    reference_loop, reference_results, _ = reference_run
     for artefact in ("samples.json", "selected.json", "feedback.json"):
-        assert (resumed.round_dir(0) / artefact).read_text() == (reference_dir / artefact).read_text(), artefact
+        expected = (reference_loop.round_dir(0) / artefact).read_text()
+        assert (resumed.round_dir(0) / artefact).read_text() == expected, artefact
+    # Every stage seeds itself, so the resumed run ends exactly where the uninterrupted one did.
+    assert results == reference_results
 
 
 def test_the_no_feedback_arm_never_asks_the_oracle(tmp_path, policy, reward_model, tokenizer, task, pool):

@@ -36,7 +36,12 @@ def demo(
     fast: bool = typer.Option(
         False, "--fast", help="A much smaller configuration (seconds): for smoke tests, not for conclusions."
     ),
-    threads: int = typer.Option(2, "--threads", min=1, help="CPU threads torch may use."),
+    threads: int = typer.Option(
+        1,
+        "--threads",
+        min=1,
+        help="CPU threads torch may use. 1 is fastest: the models are so small that more threads only wait on each other.",
+    ),
 ) -> None:
     """Run no-extra-feedback vs random selection vs SHF-CAS on the embedded synthetic safety task."""
     # Imported here: torch, transformers and TRL are optional and slow to import.

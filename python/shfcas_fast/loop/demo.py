@@ -56,7 +56,7 @@ class DemoConfig:
         budget: prompts sent to the gold oracle by the random and SHF-CAS arms.
         strategy: the SHF-CAS arm's conflict measure, ``"pacs"`` or ``"kendall"``.
         fast: a much smaller configuration, for smoke tests.
-        num_threads: torch CPU threads.
+        num_threads: torch CPU threads (1 is fastest for models this small).
     """
 
     output_dir: str
@@ -64,7 +64,7 @@ class DemoConfig:
     budget: int = 12
     strategy: str = "pacs"
     fast: bool = False
-    num_threads: int = 2
+    num_threads: int = 1
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -190,6 +190,7 @@ def run_demo(config: DemoConfig) -> DemoReport:
             save_strategy="no",
             logging_strategy="no",
             use_cpu=True,
+            bf16=False,
             gradient_checkpointing=False,
             disable_tqdm=True,
         )

@@ -204,10 +204,15 @@ class SHFCASLoop:
             "learning_rate": learning_rate,
             "per_device_train_batch_size": batch_size,
             "seed": self._seed(round_index, stage),
+            "data_seed": self._seed(round_index, stage),
             "report_to": "none",
             "save_strategy": "no",
             "logging_strategy": "no",
             "use_cpu": True,
+            # TRL defaults to bf16, and the trainer leaves a bf16-autocast forward on the in-memory model:
+            # the model the next stage uses would then score differently from the same model saved and
+            # reloaded by a resumed run. fp32 throughout keeps a resumed run equal to an uninterrupted one.
+            "bf16": False,
             "gradient_checkpointing": False,  # TRL turns it on by default; it only costs time on tiny models
             "disable_tqdm": not self.config.progress,
         }
