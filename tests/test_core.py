@@ -91,3 +91,12 @@ def test_every_kernel_source_ships_inside_the_package():
         link = os.path.join(linked, name)
         assert os.path.islink(link), f"python/shfcas_fast/kernels/{name} must link to kernels/{name}"
         assert os.path.samefile(link, os.path.join(root, "kernels", name))
+
+
+def test_the_engine_imports_without_torch_and_loads_the_gpu_api_on_use():
+    code = (
+        "import sys, shfcas_fast\n"
+        "print('torch' in sys.modules)\n"
+        "print(callable(shfcas_fast.score_logits), 'torch' in sys.modules)\n"
+    )
+    assert _run_python(code).splitlines() == ["False", "True True"]

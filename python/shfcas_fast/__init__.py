@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import _core
 from .scoring import (
     ConflictScores,
@@ -28,13 +30,32 @@ from .scoring import (
 
 __version__ = _core.__version__
 
+# The torch-based log-prob API loads on first use, so that the engine imports with numpy alone.
+_LOGPROBS_API = ("policy_logprobs", "score_logits", "sequence_logprobs", "sequence_logprobs_from_hidden")
+
 __all__ = [
     "ConflictScores",
     "kendall_distance",
     "kendall_tau",
     "pacs",
+    "policy_logprobs",
     "score",
+    "score_logits",
     "select",
+    "sequence_logprobs",
+    "sequence_logprobs_from_hidden",
     "top_k",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOGPROBS_API:
+        from . import logprobs
+
+        return getattr(logprobs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LOGPROBS_API))
