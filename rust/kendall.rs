@@ -196,15 +196,21 @@ fn insertion_sort_counting(values: &mut [u64]) -> u64 {
 fn merge_counting(left: &[u64], right: &[u64], out: &mut [u64]) -> u64 {
     let (mut i, mut j, mut k) = (0, 0, 0);
     let mut inversions = 0u64;
-    // Branch-free: on random data the comparison is unpredictable.
-    while i < left.len() && j < right.len() {
-        let (a, b) = (left[i], right[j]);
-        let take_right = b < a;
-        out[k] = if take_right { b } else { a };
-        inversions += if take_right { (left.len() - i) as u64 } else { 0 };
-        j += take_right as usize;
-        i += !take_right as usize;
-        k += 1;
+    let (left_len, right_len) = (left.len(), right.len());
+    assert_eq!(out.len(), left_len + right_len);
+    // Branch-free (the comparison is unpredictable on random data) and without bounds checks, which
+    // cost a third of the time here.
+    // SAFETY: inside the loop i < left_len and j < right_len, so k = i + j < out.len().
+    unsafe {
+        while i < left_len && j < right_len {
+            let (a, b) = (*left.get_unchecked(i), *right.get_unchecked(j));
+            let take_right = b < a;
+            *out.get_unchecked_mut(k) = if take_right { b } else { a };
+            inversions += if take_right { (left_len - i) as u64 } else { 0 };
+            j += take_right as usize;
+            i += !take_right as usize;
+            k += 1;
+        }
     }
     out[k..k + left.len() - i].copy_from_slice(&left[i..]);
     k += left.len() - i;
