@@ -157,6 +157,8 @@ def iter_batches(
             batches = _open_text_reader(path, fmt, columns)
         for batch in batches:
             yield batch if columns is None else batch.select(columns)
+    # Arrow's allocator keeps the decoders' scratch memory for reuse; the caller needs it more.
+    pa.default_memory_pool().release_unused()
 
 
 def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:

@@ -84,10 +84,7 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
         # Scattered rows: hash every key (Arrow keeps one dictionary across the chunks).
         encoded = pc.dictionary_encode(pa.chunked_array(chunks))
         ids = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks]).astype(np.int32, copy=False)
-        num_groups = len(encoded.chunks[0].dictionary)
-        del encoded
-        pa.default_memory_pool().release_unused()  # Arrow keeps the hash table's memory otherwise
-        return _scattered(ids, num_groups)
+        return _scattered(ids, len(encoded.chunks[0].dictionary))
     # Files usually hold a prompt's completions together: hash one key per run of equal adjacent
     # keys, taken chunk by chunk (a take on the chunked column would first concatenate its strings).
     offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])

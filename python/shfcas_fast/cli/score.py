@@ -141,8 +141,9 @@ def score_file(
         )
         prompts = scored_table[prompt_column]
         groups = group_rows(prompts if drop is None else prompts.filter(pa.array(~drop)), prompt_column)
-        pa.default_memory_pool().release_unused()  # the hash table's scratch memory
-        scores = score(groups.contiguous(logprob), groups.contiguous(reward), groups.sizes)
+        # Rebinding frees the file-order arrays before the scores are allocated.
+        logprob, reward = groups.contiguous(logprob), groups.contiguous(reward)
+        scores = score(logprob, reward, groups.sizes)
         del logprob, reward  # pass 2 needs the memory more
         with progress_bar(total, "writing", quiet=quiet) as bar:
             for batch in _scored_batches(input_path, writer.schema, scored_table, drop, groups, scores, batch_size):
@@ -186,8 +187,6 @@ def _read_scored_columns(
     if not batches or not sum(batch.num_rows for batch in batches):
         raise ValueError(f"{input_path} has no rows")
     table = pa.Table.from_batches(batches)
-    # Arrow's allocator keeps the Parquet decoders' scratch memory for reuse; later steps need it more.
-    pa.default_memory_pool().release_unused()
     logprob, reward = np.concatenate(logprobs), np.concatenate(rewards)
     keep = finite_rows({logprob_column: logprob, reward_column: reward}, nan_policy)
     if keep is None:

@@ -109,31 +109,37 @@ def load_scored(path: Path, prompt_column: str, *, quiet: bool) -> ScoredPrompts
     missing = [name for name in SCORE_FIELDS.names if name not in schema.names]
     if missing:
         raise ValueError(f"{path} has no column {missing[0]!r}; run `shfcas score` on it first")
+    numeric = [field.name for field in SCORE_FIELDS if pa.types.is_floating(field.type)]
+    prompt_chunks, flag_chunks, number_chunks = [], [], {name: [] for name in numeric}
     with progress_bar(io.count_rows(path), "reading", quiet=quiet) as bar:
-        batches = []
         for batch in io.iter_batches(path, [prompt_column, *SCORE_FIELDS.names]):
-            batches.append(batch)
+            prompt_chunks.append(batch.column(prompt_column))
+            flag_chunks.append(_flags(batch.column("degenerate"), path))
+            for name in numeric:
+                number_chunks[name].append(float_column(batch.column(name), name))
             bar.update(batch.num_rows)
-    if not sum(batch.num_rows for batch in batches):
+    if not sum(len(chunk) for chunk in prompt_chunks):
         raise ValueError(f"{path} has no rows")
-    table = pa.Table.from_batches(batches)
-    groups = group_rows(table[prompt_column], prompt_column)
-    per_row = {name: float_column(table[name], name) for name in ("z_logprob", "z_reward", "pacs")}
-    per_group = {
-        name: _per_group(float_column(table[name], name), groups, name, path)
-        for name in ("group_conflict", "kendall_tau", "kendall_distance")
-    }
-    if table["degenerate"].null_count or not pa.types.is_boolean(table["degenerate"].type):
-        raise TypeError(f"{path}: column 'degenerate' must be true/false on every row; run `shfcas score` again")
-    degenerate = _per_group(table["degenerate"].to_numpy(), groups, "degenerate", path)
+    prompts = pa.chunked_array(prompt_chunks)
+    groups = group_rows(prompts, prompt_column)
+    # One column at a time, so that each column's Arrow buffers go as soon as it is copied.
+    numbers = {name: np.concatenate(number_chunks.pop(name)) for name in numeric}
     scores = ConflictScores(
-        pacs=groups.contiguous(per_row["pacs"]),
-        z_logprob=groups.contiguous(per_row["z_logprob"]),
-        z_reward=groups.contiguous(per_row["z_reward"]),
-        degenerate=degenerate,
-        **per_group,
+        pacs=groups.contiguous(numbers["pacs"]),
+        z_logprob=groups.contiguous(numbers["z_logprob"]),
+        z_reward=groups.contiguous(numbers["z_reward"]),
+        group_conflict=_per_group(numbers["group_conflict"], groups, "group_conflict", path),
+        kendall_tau=_per_group(numbers["kendall_tau"], groups, "kendall_tau", path),
+        kendall_distance=_per_group(numbers["kendall_distance"], groups, "kendall_distance", path),
+        degenerate=_per_group(np.concatenate(flag_chunks), groups, "degenerate", path),
     )
-    return ScoredPrompts(prompts=table[prompt_column], groups=groups, scores=scores)
+    return ScoredPrompts(prompts=prompts, groups=groups, scores=scores)
+
+
+def _flags(column: pa.Array, path: Path) -> np.ndarray:
+    if column.null_count or not pa.types.is_boolean(column.type):
+        raise TypeError(f"{path}: column 'degenerate' must be true/false on every row; run `shfcas score` again")
+    return column.to_numpy(zero_copy_only=False)
 
 
 def _per_group(values: np.ndarray, groups: Groups, name: str, path: Path) -> np.ndarray:
@@ -185,15 +191,16 @@ def select_command(
         output_schema = pa.schema([field for field in schema if field.name != _RANK.name] + [_RANK])
     with io.open_writer(output, output_schema, overwrite=overwrite) as writer:
         scored = load_scored(scored_path, prompt_column, quiet=quiet)
-        selected = scored.select(strategy, budget, threshold, seed)
+        groups, selected = scored.groups, scored.select(strategy, budget, threshold, seed)
         if kind is OutputKind.PROMPTS:
             writer.write(_prompt_table(scored, selected, output_schema))
         else:
-            _write_selected_rows(scored_path, writer, scored.groups, selected, quiet=quiet)
+            del scored  # the whole file is streamed again next: free the prompts and scores first
+            _write_selected_rows(scored_path, writer, groups, selected, quiet=quiet)
     if not quiet:
-        rows = int(scored.groups.sizes[selected].sum())
+        rows = int(groups.sizes[selected].sum())
         typer.echo(
-            f"Selected {selected.shape[0]:,} of {scored.groups.num_groups:,} prompts ({rows:,} rows) "
+            f"Selected {selected.shape[0]:,} of {groups.num_groups:,} prompts ({rows:,} rows) "
             f"by {strategy.value} into {output}",
             err=True,
         )
