@@ -26,8 +26,8 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -82,9 +82,7 @@ def output_format(path: str | os.PathLike[str]) -> str:
     suffix = Path(path).suffix.lower()
     fmt = _INPUT_SUFFIXES.get(suffix)
     if fmt not in _OUTPUT_FORMATS:
-        raise ValueError(
-            f"{path}: cannot write {suffix or '(no suffix)'!r} files; name the output .parquet or .jsonl"
-        )
+        raise ValueError(f"{path}: cannot write {suffix or '(no suffix)'!r} files; name the output .parquet or .jsonl")
     return fmt
 
 
@@ -186,9 +184,7 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False, direc
 
 
 @contextlib.contextmanager
-def atomic_output(
-    path: str | os.PathLike[str], *, overwrite: bool = False, directory: bool = False
-) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` that is renamed to ``path`` when the block succeeds.
 
     On any exception (including ``KeyboardInterrupt``) the temporary file or directory is removed
@@ -266,24 +262,35 @@ class BatchWriter:
         self.path = Path(path)
         self.schema = schema
         self.fmt = fmt
-        self._parquet, self._text, self._background = None, None, None
-        self._pending: Future[None] | None = None
-        if fmt == "parquet":
-            use_dictionary = True if dictionary_columns is None else list(dictionary_columns)
-            self._parquet = pq.ParquetWriter(self.path, schema, use_dictionary=use_dictionary)
-            self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
-        else:
-            self._text = self.path.open("w", encoding="utf-8")
+        self._sink: _ParquetSink | _JsonlSink = (
+            _ParquetSink(self.path, schema, dictionary_columns) if fmt == "parquet" else _JsonlSink(self.path, schema)
+        )
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         """Append the rows of ``data`` (which must have this writer's schema)."""
-        if self._parquet is not None:
-            self._wait()
-            self._pending = self._background.submit(self._parquet.write, data)
-            return
-        columns = [_nan_to_null(column) for column in data.columns]
-        records = pa.Table.from_arrays(columns, schema=self.schema).to_pylist()
-        self._text.writelines(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+        self._sink.write(data)
+
+    def close(self) -> None:
+        """Finish any batch in flight, then flush and close the file."""
+        self._sink.close()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _ParquetSink:
+    def __init__(self, path: Path, schema: pa.Schema, dictionary_columns: Sequence[str] | None) -> None:
+        use_dictionary = True if dictionary_columns is None else list(dictionary_columns)
+        self._writer = pq.ParquetWriter(path, schema, use_dictionary=use_dictionary)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        self._pending: Future[None] | None = None
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        self._wait()
+        self._pending = self._background.submit(self._writer.write, data)
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -291,21 +298,25 @@ class BatchWriter:
             pending.result()
 
     def close(self) -> None:
-        """Finish the batch in flight, then flush and close the file."""
         try:
             self._wait()
         finally:
-            if self._parquet is not None:
-                self._background.shutdown()
-                self._parquet.close()
-            if self._text is not None:
-                self._text.close()
+            self._background.shutdown()
+            self._writer.close()
 
-    def __enter__(self) -> BatchWriter:
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+class _JsonlSink:
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._schema = schema
+        self._file = path.open("w", encoding="utf-8")
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        columns = [_nan_to_null(column) for column in data.columns]
+        records = pa.Table.from_arrays(columns, schema=self._schema).to_pylist()
+        self._file.writelines(json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _nan_to_null(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:

@@ -123,7 +123,9 @@ def summarize(
         },
         "thresholds": {
             **{
-                f"prompts_with_group_conflict_above_{level}": int(np.count_nonzero(scores.group_conflict[eligible] > level))
+                f"prompts_with_group_conflict_above_{level}": int(
+                    np.count_nonzero(scores.group_conflict[eligible] > level)
+                )
                 for level in _CONFLICT_LEVELS
             },
             f"prompts_with_kendall_distance_above_{DEFAULT_KENDALL_THRESHOLD}": int(
@@ -147,12 +149,14 @@ def summarize(
     }
 
 
-def _plot_conflict(path: Path, scores: ConflictScores, selected_mask: np.ndarray, strategy: str, cut: float | None) -> None:
+def _plot_conflict(
+    path: Path, scores: ConflictScores, selected_mask: np.ndarray, strategy: str, cut: float | None
+) -> None:
     name, values = _measure(scores, strategy)
     eligible = ~scores.degenerate
     figure = Figure(figsize=(7, 4.2), layout="constrained")
     axes = figure.add_subplot()
-    bins = np.histogram_bin_edges(values[eligible], bins=60) if eligible.any() else 10
+    bins = np.histogram_bin_edges(values[eligible], bins=60).tolist() if eligible.any() else 10
     axes.hist(
         [values[eligible & ~selected_mask], values[selected_mask]],
         bins=bins,
@@ -175,7 +179,9 @@ def _plot_scatter(path: Path, scores: ConflictScores, row_selected: np.ndarray, 
     figure = Figure(figsize=(5.6, 5.2), layout="constrained")
     axes = figure.add_subplot()
     for mask, colour, label in ((~chosen, "#9aa5b1", "not selected"), (chosen, "#d1495b", "selected")):
-        axes.scatter(scores.z_logprob[rows[mask]], scores.z_reward[rows[mask]], s=4, alpha=0.5, color=colour, label=label)
+        axes.scatter(
+            scores.z_logprob[rows[mask]], scores.z_reward[rows[mask]], s=4, alpha=0.5, color=colour, label=label
+        )
     axes.axline((0, 0), slope=1, color="black", linewidth=0.8, linestyle=":", label="PACS = 0")
     sampled = f" ({rows.size:,} of {scores.num_items:,} completions)" if rows.size < scores.num_items else ""
     axes.set(xlabel="z_logprob (policy)", ylabel="z_reward (proxy)", title=f"Completions{sampled}")
@@ -189,7 +195,7 @@ def _plot_tau(path: Path, scores: ConflictScores, selected_mask: np.ndarray) -> 
     figure = Figure(figsize=(7, 4.2), layout="constrained")
     axes = figure.add_subplot()
     # Bins centred on the values tau takes for 8 completions without ties (steps of 1/14).
-    bins = np.linspace(-1.0 - 1 / 28, 1.0 + 1 / 28, 30)
+    bins = np.linspace(-1.0 - 1 / 28, 1.0 + 1 / 28, 30).tolist()
     axes.hist(tau[defined], bins=bins, color="#9aa5b1", label="all prompts")
     axes.hist(tau[defined & selected_mask], bins=bins, color="#d1495b", label="selected")
     axes.set(xlabel="Kendall tau-b (log-prob vs reward)", ylabel="prompts", title="Per-prompt rank agreement")
@@ -200,10 +206,16 @@ def _plot_tau(path: Path, scores: ConflictScores, selected_mask: np.ndarray) -> 
 def _tables(summary: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """The page's tables as ``(title, header, rows)``, shared by the Markdown and HTML pages."""
     tables = [
-        (section.capitalize(), ["", ""], [[key.replace("_", " "), _format(value)] for key, value in summary[section].items()])
+        (
+            section.capitalize(),
+            ["", ""],
+            [[key.replace("_", " "), _format(value)] for key, value in summary[section].items()],
+        )
         for section in ("counts", "thresholds", "selection")
     ]
-    statistics = [[name.replace("_", " "), *map(_format, stats.values())] for name, stats in summary["statistics"].items()]
+    statistics = [
+        [name.replace("_", " "), *map(_format, stats.values())] for name, stats in summary["statistics"].items()
+    ]
     tables.append(("Statistics", ["", "count", "mean", "median", "p90", "max"], statistics))
     build = {key: value for key, value in summary["versions"].items() if key != "core_build"}
     tables.append(("Versions", ["", ""], [[key, _format(value)] for key, value in build.items()]))

@@ -7,9 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from cli_tables import completions_table
-from typer.testing import CliRunner
-
 from shfcas_fast.cli import app
+from typer.testing import CliRunner
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
-
 from shfcas_fast import _core
 from shfcas_fast.cli import app
 
@@ -67,7 +66,7 @@ def run_all(commands: list[list[str]], cwd) -> list[subprocess.CompletedProcess]
         for command in commands
     ]
     results = []
-    for process, command in zip(processes, commands):
+    for process, command in zip(processes, commands, strict=True):
         stdout, stderr = process.communicate(timeout=120)
         results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
     return results
@@ -75,7 +74,9 @@ def run_all(commands: list[list[str]], cwd) -> list[subprocess.CompletedProcess]
 
 def test_every_command_as_a_subprocess(tmp_path, completions_file):
     labelled = tmp_path / "labelled.parquet"
-    pq.write_table(pa.table({"prompt": ["p", "p", "q"], "completion": ["a", "b", "c"], "score": [1.0, 0.0, 1.0]}), labelled)
+    pq.write_table(
+        pa.table({"prompt": ["p", "p", "q"], "completion": ["a", "b", "c"], "score": [1.0, 0.0, 1.0]}), labelled
+    )
     first = run_all(
         [
             ["score", completions_file, "-o", "scored.parquet"],

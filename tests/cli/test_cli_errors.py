@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_tables import completions_table
-
 from shfcas_fast import io
 
 

@@ -49,7 +49,7 @@ def test_pairs_match_brute_force(tmp_path, labelled, invoke, cost):
     scores = [-score if cost else score for score in table["score"].to_pylist()]
     expected = brute_force_pairs(table["prompt"].to_pylist(), table["completion"].to_pylist(), scores)
     assert len(expected) > 20
-    assert set(zip(*pairs.to_pydict().values())) == expected
+    assert set(zip(*pairs.to_pydict().values(), strict=True)) == expected
     assert pairs.num_rows == len(expected)
 
 

@@ -10,7 +10,6 @@ import pytest
 import reference
 from cli_tables import grouped_by_prompt
 from matplotlib.image import imread
-
 from shfcas_fast.report import PLOT_FILES
 
 
@@ -41,7 +40,9 @@ def test_report_contents(tmp_path, scored_file, reference_scores, invoke, page):
     assert summary["thresholds"] == {
         "prompts_with_group_conflict_above_1.0": int(np.count_nonzero(conflict[eligible] > 1.0)),
         "prompts_with_group_conflict_above_1.5": int(np.count_nonzero(conflict[eligible] > 1.5)),
-        "prompts_with_kendall_distance_above_0.5": int(np.count_nonzero(reference_scores.kendall_distance[eligible] > 0.5)),
+        "prompts_with_kendall_distance_above_0.5": int(
+            np.count_nonzero(reference_scores.kendall_distance[eligible] > 0.5)
+        ),
     }
     top = reference.top_k(np.where(eligible, conflict, np.nan), 40)
     assert summary["selection"] == {

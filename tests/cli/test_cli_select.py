@@ -36,7 +36,9 @@ def expected_top(values: np.ndarray, degenerate: np.ndarray, threshold: float, b
         (["--strategy", "kendall", "--budget", "30"], "kendall_distance", -np.inf, 30),
     ],
 )
-def test_prompts_match_the_reference_selection(tmp_path, scored_file, expected, invoke, options, measure, threshold, budget):
+def test_prompts_match_the_reference_selection(
+    tmp_path, scored_file, expected, invoke, options, measure, threshold, budget
+):
     scores, prompt_names = expected
     output = tmp_path / "prompts.parquet"
     result = invoke("select", scored_file, "-o", output, "--as", "prompts", *options)

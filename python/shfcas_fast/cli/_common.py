@@ -39,22 +39,16 @@ class NanPolicy(str, enum.Enum):
     OMIT = "omit"
 
 
-InputArgument = Annotated[
-    Path, typer.Argument(help="Input table: .parquet, .jsonl or .csv.", show_default=False)
-]
+InputArgument = Annotated[Path, typer.Argument(help="Input table: .parquet, .jsonl or .csv.", show_default=False)]
 OutputOption = Annotated[
     Path, typer.Option("-o", "--output", help="Output file: .parquet or .jsonl.", show_default=False)
 ]
-OverwriteOption = Annotated[
-    bool, typer.Option("--overwrite", help="Replace the output if it already exists.")
-]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output if it already exists.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr.")]
 PromptColumnOption = Annotated[
     str, typer.Option("--prompt-column", help="Column holding the prompt; rows with equal prompts form a group.")
 ]
-CompletionColumnOption = Annotated[
-    str, typer.Option("--completion-column", help="Column holding the completion text.")
-]
+CompletionColumnOption = Annotated[str, typer.Option("--completion-column", help="Column holding the completion text.")]
 NanPolicyOption = Annotated[
     NanPolicy,
     typer.Option(
@@ -165,4 +159,3 @@ def finite_rows(values: Mapping[str, np.ndarray], nan_policy: NanPolicy) -> np.n
     name, column = next((name, column) for name, column in values.items() if not np.isfinite(column[row]))
     what = "missing or nan" if np.isnan(column[row]) else str(column[row])
     raise ValueError(f"row {row} (0-based): column {name!r} is {what}; fix the input or pass --nan-policy omit")
-

@@ -91,7 +91,7 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     run_keys = pa.concat_arrays(
         [
             chunk.take(pa.array(run_starts[(run_starts >= start) & (run_starts < stop)] - start))
-            for chunk, start, stop in zip(chunks, offsets[:-1], offsets[1:])
+            for chunk, start, stop in zip(chunks, offsets[:-1], offsets[1:], strict=True)
         ]
     )
     encoded = pc.dictionary_encode(run_keys)

@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -73,8 +74,8 @@ def time_engine_and_baseline(size: int, group_size: int, top: int, repeats: int,
     }
     timings = []
     for name, (run, values) in operations.items():
-        engine_s, engine_result = _best_time(lambda: run(scoring), repeats)
-        baseline_s, baseline_result = _best_time(lambda: run(baseline), repeats)
+        engine_s, engine_result = _best_time(functools.partial(run, scoring), repeats)
+        baseline_s, baseline_result = _best_time(functools.partial(run, baseline), repeats)
         difference = np.abs(np.asarray(values(engine_result), dtype=np.float64) - values(baseline_result))
         timings.append(Timing(name, engine_s, baseline_s, float(np.nanmax(difference, initial=0.0))))
     return timings
@@ -83,8 +84,12 @@ def time_engine_and_baseline(size: int, group_size: int, top: int, repeats: int,
 @app.command("bench")
 @reports_errors
 def bench_command(
-    size: Annotated[int, typer.Option("--size", min=2, help="Completions (log-prob, reward pairs) to score.")] = 1_000_000,
-    group_size: Annotated[int, typer.Option("--group-size", min=1, help="Completions per prompt; must divide --size.")] = 8,
+    size: Annotated[
+        int, typer.Option("--size", min=2, help="Completions (log-prob, reward pairs) to score.")
+    ] = 1_000_000,
+    group_size: Annotated[
+        int, typer.Option("--group-size", min=1, help="Completions per prompt; must divide --size.")
+    ] = 8,
     top: Annotated[int, typer.Option("--top", min=0, help="k of the top-k timing.")] = 10_000,
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Runs per timing; the best is shown.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random data.")] = 0,

@@ -34,15 +34,20 @@ from .app import app
 __all__ = ["annotation_tasks"]
 
 
-def annotation_tasks(table: pa.Table, prompt_column: str, completion_column: str, label_column: str, keep: list[str]) -> pa.Table:
+def annotation_tasks(
+    table: pa.Table, prompt_column: str, completion_column: str, label_column: str, keep: list[str]
+) -> pa.Table:
     """One task per completion, a prompt's completions together, with an empty label to fill in.
 
     Example:
     ```python
     >>> import pyarrow as pa
     >>> table = pa.table({"prompt": ["p", "q", "p"], "completion": ["a", "b", "c"], "pacs": [1.0, 0.0, -1.0]})
-    >>> annotation_tasks(table, "prompt", "completion", "score", []).to_pylist()[:2]
-    [{'id': 0, 'prompt_id': 0, 'prompt': 'p', 'completion': 'a', 'score': None}, {'id': 2, 'prompt_id': 0, 'prompt': 'p', 'completion': 'c', 'score': None}]
+    >>> tasks = annotation_tasks(table, "prompt", "completion", "score", [])
+    >>> tasks.column_names
+    ['id', 'prompt_id', 'prompt', 'completion', 'score']
+    >>> tasks["id"].to_pylist(), tasks["prompt_id"].to_pylist(), tasks["score"].to_pylist()
+    ([0, 2, 1], [0, 0, 1], [None, None, None])
 
     ```
 
@@ -68,16 +73,23 @@ def annotation_tasks(table: pa.Table, prompt_column: str, completion_column: str
 def export_command(
     selected_path: Annotated[
         Path,
-        typer.Argument(metavar="SELECTED", help="Output of `shfcas select` (or any table of completions).", show_default=False),
+        typer.Argument(
+            metavar="SELECTED", help="Output of `shfcas select` (or any table of completions).", show_default=False
+        ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output file (.jsonl).", show_default=False)],
     label_column: Annotated[
         str,
-        typer.Option("--label-column", help="Name of the empty field the annotator fills in (read by `shfcas pairs --score-column`)."),
+        typer.Option(
+            "--label-column",
+            help="Name of the empty field the annotator fills in (read by `shfcas pairs --score-column`).",
+        ),
     ] = "score",
     keep: Annotated[
         list[str] | None,
-        typer.Option("--keep", help="Also carry this column over (repeatable), e.g. --keep selection_rank.", show_default=False),
+        typer.Option(
+            "--keep", help="Also carry this column over (repeatable), e.g. --keep selection_rank.", show_default=False
+        ),
     ] = None,
     prompt_column: PromptColumnOption = "prompt",
     completion_column: CompletionColumnOption = "completion",
@@ -108,4 +120,5 @@ def export_command(
         with io.BatchWriter(temporary, tasks.schema, "jsonl") as writer:
             writer.write(tasks)
     if not quiet:
-        typer.echo(f"Exported {tasks.num_rows:,} completions of {int(tasks['prompt_id'][-1].as_py()) + 1:,} prompts into {output}", err=True)
+        num_prompts = int(tasks["prompt_id"][-1].as_py()) + 1  # tasks are in prompt_id order
+        typer.echo(f"Exported {tasks.num_rows:,} completions of {num_prompts:,} prompts into {output}", err=True)

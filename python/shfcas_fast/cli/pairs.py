@@ -102,7 +102,11 @@ def pairs_command(
     """
     io.check_output(output, overwrite=overwrite)
     schema = io.read_schema(labelled_path)
-    options = {prompt_column: "--prompt-column", completion_column: "--completion-column", score_column: "--score-column"}
+    options = {
+        prompt_column: "--prompt-column",
+        completion_column: "--completion-column",
+        score_column: "--score-column",
+    }
     require_columns(schema, options, labelled_path)
     output_schema = pa.schema(
         [

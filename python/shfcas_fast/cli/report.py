@@ -39,13 +39,18 @@ class PageFormat(str, enum.Enum):
 def report_command(
     scored_path: ScoredArgument,
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Report folder (created; must not exist without --overwrite).", show_default=False)
+        Path,
+        typer.Option(
+            "-o", "--output", help="Report folder (created; must not exist without --overwrite).", show_default=False
+        ),
     ],
     strategy: StrategyOption = Strategy.PACS,
     budget: BudgetOption = None,
     threshold: ThresholdOption = None,
     seed: SeedOption = 0,
-    page: Annotated[PageFormat, typer.Option("--page", help="Format of the report page.", case_sensitive=False)] = PageFormat.MD,
+    page: Annotated[
+        PageFormat, typer.Option("--page", help="Format of the report page.", case_sensitive=False)
+    ] = PageFormat.MD,
     prompt_column: PromptColumnOption = "prompt",
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,

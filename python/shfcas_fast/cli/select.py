@@ -65,7 +65,8 @@ class OutputKind(str, enum.Enum):
 
 
 ScoredArgument = Annotated[
-    Path, typer.Argument(metavar="SCORED", help="Output of `shfcas score` (.parquet, .jsonl or .csv).", show_default=False)
+    Path,
+    typer.Argument(metavar="SCORED", help="Output of `shfcas score` (.parquet, .jsonl or .csv).", show_default=False),
 ]
 StrategyOption = Annotated[
     Strategy,
@@ -76,7 +77,8 @@ StrategyOption = Annotated[
     ),
 ]
 BudgetOption = Annotated[
-    int | None, typer.Option("--budget", min=0, help="Select at most this many prompts, highest first.", show_default=False)
+    int | None,
+    typer.Option("--budget", min=0, help="Select at most this many prompts, highest first.", show_default=False),
 ]
 ThresholdOption = Annotated[
     float | None,
@@ -110,7 +112,8 @@ def load_scored(path: Path, prompt_column: str, *, quiet: bool) -> ScoredPrompts
     if missing:
         raise ValueError(f"{path} has no column {missing[0]!r}; run `shfcas score` on it first")
     numeric = [field.name for field in SCORE_FIELDS if pa.types.is_floating(field.type)]
-    prompt_chunks, flag_chunks, number_chunks = [], [], {name: [] for name in numeric}
+    prompt_chunks, flag_chunks = [], []
+    number_chunks: dict[str, list[np.ndarray]] = {name: [] for name in numeric}
     with progress_bar(io.count_rows(path), "reading", quiet=quiet) as bar:
         for batch in io.iter_batches(path, [prompt_column, *SCORE_FIELDS.names]):
             prompt_chunks.append(batch.column(prompt_column))
@@ -233,7 +236,9 @@ def _prompt_table(scored: ScoredPrompts, selected: np.ndarray, schema: pa.Schema
         scores.kendall_distance[selected],
         np.arange(selected.shape[0], dtype=np.int64),
     ]
-    return pa.Table.from_arrays([pa.array(column) if isinstance(column, np.ndarray) else column for column in columns], schema=schema)
+    return pa.Table.from_arrays(
+        [pa.array(column) if isinstance(column, np.ndarray) else column for column in columns], schema=schema
+    )
 
 
 def _write_selected_rows(
