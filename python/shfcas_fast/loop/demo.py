@@ -34,6 +34,9 @@ from .oracles import CallableOracle, RewardModelOracle
 from .reward_model import train_reward_model
 from .synthetic import (
     CATEGORIES,
+    POLICY_CATEGORIES,
+    PROXY_CATEGORIES,
+    UNSEEN_CATEGORIES,
     SyntheticSafetyTask,
     build_tokenizer,
     tiny_causal_lm,
@@ -76,7 +79,7 @@ class DemoConfig:
 
     @property
     def eval_per_category(self) -> int:
-        return 1 if self.fast else 6
+        return 1 if self.fast else 10
 
     def loop_config(self, output_dir: Path, strategy: str, seed: int) -> SHFCASConfig:
         return SHFCASConfig(
@@ -86,7 +89,7 @@ class DemoConfig:
             max_new_tokens=6,
             reward_epochs=1.0,
             policy_steps=2 if self.fast else 40,
-            policy_learning_rate=3e-3,
+            policy_learning_rate=1e-3,
             policy_batch_size=16,
             seed=seed,
             progress=False,
@@ -102,31 +105,81 @@ class DemoReport:
     base: list[dict[str, Any]]
     selected_categories: dict[str, list[list[str]]]
 
-    def aggregate(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Mean and standard deviation over seeds of each overall metric, per arm (plus the base policy)."""
-        table = {}
-        for arm, runs in {"base": self.base, **self.results}.items():
-            table[arm] = {
-                metric: {
-                    "mean": float(np.nanmean([run["overall"][metric] for run in runs])),
-                    "std": float(np.nanstd([run["overall"][metric] for run in runs])),
-                }
-                for metric in METRICS
+    @property
+    def runs(self) -> dict[str, list[dict[str, Any]]]:
+        """Every arm's evaluations, the base policy's first."""
+        return {"base": self.base, **self.results}
+
+    def aggregate(self) -> dict[str, dict[str, Any]]:
+        """Mean and standard deviation over seeds of each metric, overall and per category, per arm."""
+
+        def mean_std(values: list[float]) -> dict[str, float]:
+            return {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values))}
+
+        return {
+            arm: {
+                "overall": {m: mean_std([run["overall"][m] for run in runs]) for m in METRICS},
+                "per_category": {
+                    c: {m: mean_std([run["per_category"][c][m] for run in runs]) for m in METRICS} for c in CATEGORIES
+                },
             }
-        return table
+            for arm, runs in self.runs.items()
+        }
+
+    def gold_gain_over_random(self) -> dict[str, float]:
+        """Per-seed difference in held-out mean gold score between the SHF-CAS arm and random selection
+        (same seed, same models, same budget): mean, standard deviation, and seeds where it is positive."""
+        gains = [
+            conflict["overall"]["mean_score"] - random["overall"]["mean_score"]
+            for conflict, random in zip(self.results[self.config.strategy], self.results["random"], strict=True)
+        ]
+        return {"mean": float(np.mean(gains)), "std": float(np.std(gains)), "wins": int(np.sum(np.array(gains) > 0))}
+
+    def unseen_feedback_share(self) -> dict[str, float]:
+        """Share of each feedback arm's selected prompts from the categories neither model saw (a report
+        of where the budget went; selection itself never sees categories)."""
+        return {
+            arm: float(np.mean([c in UNSEEN_CATEGORIES for run in runs for c in run]))
+            for arm, runs in self.selected_categories.items()
+            if arm != "none"
+        }
 
     def summary_table(self) -> str:
-        header = f"{'arm':<8}" + "".join(f"{metric:>24}" for metric in METRICS)
-        lines = [header]
-        for arm, metrics in self.aggregate().items():
-            cells = "".join(f"{metrics[m]['mean']:>15.3f} +/- {metrics[m]['std']:<5.3f}" for m in METRICS)
+        """Mean +/- std over seeds per arm: the overall metrics, then the mean gold score per category."""
+        aggregate = self.aggregate()
+        lines = [f"{'arm':<8}" + "".join(f"{metric:>22}" for metric in METRICS)]
+        for arm, metrics in aggregate.items():
+            cells = "".join(
+                f"{metrics['overall'][m]['mean']:>13.3f} +/- {metrics['overall'][m]['std']:<5.3f}" for m in METRICS
+            )
             lines.append(f"{arm:<8}{cells}")
+        lines += ["", "mean gold score per category (mean +/- std over seeds)", f"{'category':<16}" + "".join(
+            f"{arm:>18}" for arm in aggregate
+        )]
+        for category in CATEGORIES:
+            cells = "".join(
+                f"{metrics['per_category'][category]['mean_score']['mean']:>10.3f} +/- "
+                f"{metrics['per_category'][category]['mean_score']['std']:<4.2f}"
+                for metrics in aggregate.values()
+            )
+            lines.append(f"{category:<16}{cells}")
+        gain = self.gold_gain_over_random()
+        shares = ", ".join(f"{arm} {share:.0%}" for arm, share in self.unseen_feedback_share().items())
+        lines += [
+            "",
+            f"{self.config.strategy} - random, mean gold per seed: {gain['mean']:+.3f} +/- {gain['std']:.3f} "
+            f"({gain['wins']} of {self.config.num_seeds} seeds better)",
+            f"feedback spent on categories neither model saw: {shares} "
+            f"(their share of the pool: {len(UNSEEN_CATEGORIES) / len(CATEGORIES):.0%})",
+        ]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "config": dataclasses.asdict(self.config),
             "aggregate": self.aggregate(),
+            "gold_gain_over_random": self.gold_gain_over_random(),
+            "unseen_feedback_share": self.unseen_feedback_share(),
             "base": self.base,
             "results": self.results,
             "selected_categories": self.selected_categories,
@@ -139,35 +192,59 @@ def _plot(report: DemoReport, output_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = ["base", *report.results]
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
     aggregate = report.aggregate()
+    arms = list(aggregate)
+    colours = dict(zip(arms, plt.get_cmap("tab10").colors))
+    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
     for axis, metric in zip(axes, METRICS):
-        axis.bar(arms, [aggregate[a][metric]["mean"] for a in arms], yerr=[aggregate[a][metric]["std"] for a in arms])
+        stats = [aggregate[arm]["overall"][metric] for arm in arms]
+        axis.bar(arms, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=4,
+                 color=[colours[arm] for arm in arms])
         axis.set_title(metric)
+    figure.suptitle(f"held-out evaluation against the gold oracle, mean +/- std over {report.config.num_seeds} seeds")
     figure.tight_layout()
     figure.savefig(output_dir / "overall.png", dpi=100)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(10, 3.5))
+    figure, axis = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(arms)
+    positions = np.arange(len(CATEGORIES))
     for offset, arm in enumerate(arms):
-        runs = report.base if arm == "base" else report.results[arm]
-        means = [np.mean([run["per_category"][c]["mean_score"] for run in runs]) for c in CATEGORIES]
-        axis.bar(np.arange(len(CATEGORIES)) + offset * width, means, width, label=arm)
-    axis.set_xticks(np.arange(len(CATEGORIES)) + 0.4 - width / 2, CATEGORIES, rotation=30)
+        stats = [aggregate[arm]["per_category"][c]["mean_score"] for c in CATEGORIES]
+        axis.bar(positions + offset * width, [s["mean"] for s in stats], width, yerr=[s["std"] for s in stats],
+                 capsize=2, label=arm, color=colours[arm])
+    labels = [f"{c}\n({_coverage(c)})" for c in CATEGORIES]
+    axis.set_xticks(positions + 0.4 - width / 2, labels, fontsize=8)
+    axis.axhline(0.0, color="black", linewidth=0.5)
     axis.set_ylabel("mean gold score")
-    axis.legend()
+    axis.set_title("mean gold score per category (which training data covered it)")
+    axis.legend(ncol=len(arms), fontsize=8)
     figure.tight_layout()
     figure.savefig(output_dir / "per_category_gold.png", dpi=100)
     plt.close(figure)
 
 
+def _coverage(category: str) -> str:
+    seen_by = [name for name, seen in (("policy", POLICY_CATEGORIES), ("proxy", PROXY_CATEGORIES)) if category in seen]
+    return "+".join(seen_by) if seen_by else "neither"
+
+
 def run_demo(config: DemoConfig) -> DemoReport:
     """Run every arm over every seed, write ``results.json`` and plots, and return the report."""
-    torch.set_num_threads(config.num_threads)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        report = _run_seeds(config, output_dir)
+    finally:
+        torch.set_num_threads(threads)
+    (output_dir / "results.json").write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
+    _plot(report, output_dir)
+    return report
+
+
+def _run_seeds(config: DemoConfig, output_dir: Path) -> DemoReport:
     task = SyntheticSafetyTask()
     gold = CallableOracle(task.gold_scores)
     tokenizer = build_tokenizer()
@@ -217,7 +294,4 @@ def run_demo(config: DemoConfig) -> DemoReport:
             results[arm].append(loop.run()[-1])
             selected = json.loads((run_dir / "round_0" / "selected.json").read_text())
             selected_categories[arm].append([task.category_of(pool[g]) for g in selected])
-    report = DemoReport(config, results, base, selected_categories)
-    (output_dir / "results.json").write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
-    _plot(report, output_dir)
-    return report
+    return DemoReport(config, results, base, selected_categories)
