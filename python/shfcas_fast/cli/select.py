@@ -180,10 +180,11 @@ def select_command(
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Select high-conflict prompts; both --budget and --threshold: the highest --budget above it.
+    """Select the highest-conflict prompts, with all their completions.
 
-    Every output row has the prompt's selection_rank (0 = selected first, i.e. highest conflict).
-    Rows keep the scored file's order.
+    Given both --budget and --threshold, the --budget highest prompts above the threshold. Every
+    output row has its prompt's selection_rank (0 = selected first, i.e. highest conflict); rows
+    keep the scored file's order.
     """
     io.check_output(output, overwrite=overwrite)
     schema = io.read_schema(scored_path)
