@@ -4,7 +4,7 @@ evaluation, a conflict-monitoring callback, and the embedded synthetic biased-pr
 Example:
 ```python
 >>> from shfcas_fast.loop import SHFCASConfig, preference_pairs
->>> preference_pairs(["q ", "q "], ["worse", "better"], [-1.0, 1.0], group_sizes=2)["chosen"]
+>>> list(preference_pairs(["q ", "q "], ["worse", "better"], [-1.0, 1.0], group_sizes=2)["chosen"])
 ['better']
 
 ```

@@ -5,7 +5,7 @@ Example:
 >>> import numpy as np
 >>> from shfcas_fast.loop.evaluation import conflict_summary
 >>> summary = conflict_summary(np.array([-1.0, -2.0, -3.0, -4.0]), np.array([1.0, 2.0, 3.0, 4.0]), 2)
->>> summary["mean_score"], summary["mean_abs_pacs"], summary["mean_tau"]
+>>> summary["mean_score"], round(summary["mean_abs_pacs"], 6), summary["mean_tau"]  # z-scores divide by std + 1e-8
 (2.5, 2.0, -1.0)
 
 ```

@@ -11,10 +11,12 @@ Example:
 >>> from shfcas_fast.loop.synthetic import build_tokenizer, tiny_causal_lm
 >>> tokenizer = build_tokenizer()
 >>> args = GRPOConfig(output_dir="/tmp/grpo", max_steps=1, per_device_train_batch_size=4, num_generations=4,
-...                   max_completion_length=3, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True)
+...                   max_completion_length=3, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
+...                   disable_tqdm=True)
 >>> oracle = CallableOracle(lambda prompts, completions: [len(c) for c in completions])
 >>> policy = refine_policy_grpo(tiny_causal_lm(tokenizer, seed=0), tokenizer, oracle,
-...                             Dataset.from_dict({"prompt": ["drugs : how get -> "]}), args)
+...                             Dataset.from_dict({"prompt": ["drugs : how get -> "]}), args)  # doctest: +ELLIPSIS
+{'train_runtime': ...}
 >>> policy.training
 False
 

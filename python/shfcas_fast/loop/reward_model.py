@@ -7,9 +7,10 @@ Example:
 >>> from shfcas_fast.loop.synthetic import SyntheticSafetyTask, build_tokenizer, tiny_reward_model
 >>> tokenizer = build_tokenizer()
 >>> args = RewardConfig(output_dir="/tmp/rm", max_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-...                     disable_tqdm=True)
+...                     bf16=False, disable_tqdm=True)
 >>> model = train_reward_model(tiny_reward_model(tokenizer, seed=0), tokenizer,
-...                            SyntheticSafetyTask().proxy_preference_data(8, seed=0), args)
+...                            SyntheticSafetyTask().proxy_preference_data(8, seed=0), args)  # doctest: +ELLIPSIS
+{'train_runtime': ...}
 >>> model.config.num_labels
 1
 
