@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from . import _core
 from .scoring import DEFAULT_KENDALL_THRESHOLD, DEFAULT_PACS_THRESHOLD, ConflictScores
@@ -149,13 +148,21 @@ def summarize(
     }
 
 
+def _new_plot(width: float, height: float) -> tuple[Any, Any]:
+    """A figure with one set of axes, on matplotlib's Agg canvas (no display needed)."""
+    # Imported here: matplotlib takes a quarter of a second to import, and only reports need it.
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.add_subplot()
+
+
 def _plot_conflict(
     path: Path, scores: ConflictScores, selected_mask: np.ndarray, strategy: str, cut: float | None
 ) -> None:
     name, values = _measure(scores, strategy)
     eligible = ~scores.degenerate
-    figure = Figure(figsize=(7, 4.2), layout="constrained")
-    axes = figure.add_subplot()
+    figure, axes = _new_plot(7, 4.2)
     bins = np.histogram_bin_edges(values[eligible], bins=60).tolist() if eligible.any() else 10
     axes.hist(
         [values[eligible & ~selected_mask], values[selected_mask]],
@@ -176,8 +183,7 @@ def _plot_scatter(path: Path, scores: ConflictScores, row_selected: np.ndarray, 
     if rows.size > _MAX_SCATTER_POINTS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, _MAX_SCATTER_POINTS, replace=False))
     chosen = row_selected[rows]
-    figure = Figure(figsize=(5.6, 5.2), layout="constrained")
-    axes = figure.add_subplot()
+    figure, axes = _new_plot(5.6, 5.2)
     for mask, colour, label in ((~chosen, "#9aa5b1", "not selected"), (chosen, "#d1495b", "selected")):
         axes.scatter(
             scores.z_logprob[rows[mask]], scores.z_reward[rows[mask]], s=4, alpha=0.5, color=colour, label=label
@@ -192,8 +198,7 @@ def _plot_scatter(path: Path, scores: ConflictScores, row_selected: np.ndarray, 
 def _plot_tau(path: Path, scores: ConflictScores, selected_mask: np.ndarray) -> None:
     tau = scores.kendall_tau
     defined = np.isfinite(tau)
-    figure = Figure(figsize=(7, 4.2), layout="constrained")
-    axes = figure.add_subplot()
+    figure, axes = _new_plot(7, 4.2)
     # Bins centred on the values tau takes for 8 completions without ties (steps of 1/14).
     bins = np.linspace(-1.0 - 1 / 28, 1.0 + 1 / 28, 30).tolist()
     axes.hist(tau[defined], bins=bins, color="#9aa5b1", label="all prompts")
