@@ -53,24 +53,23 @@ pub fn tau_b<T: Real>(x: &[T], y: &[T]) -> f64 {
     }
 }
 
-/// O(n^2) pair counts.
+/// O(n^2) pair counts, branch-free (signs of random data are unpredictable).
 pub fn pair_counts_pairwise<T: Real>(x: &[T], y: &[T]) -> PairCounts {
     let n = x.len();
     let mut counts = PairCounts {
         total: pairs(n as u64),
         ..Default::default()
     };
+    let sign = |d: f64| (d > 0.0) as i32 - (d < 0.0) as i32;
     for i in 0..n {
         let (xi, yi) = (x[i].to_f64(), y[i].to_f64());
         for j in (i + 1)..n {
-            let dx = xi - x[j].to_f64();
-            let dy = yi - y[j].to_f64();
-            let x_tied = dx == 0.0;
-            let y_tied = dy == 0.0;
-            counts.x_ties += x_tied as u64;
-            counts.y_ties += y_tied as u64;
-            counts.joint_ties += (x_tied && y_tied) as u64;
-            counts.discordant += ((dx > 0.0 && dy < 0.0) || (dx < 0.0 && dy > 0.0)) as u64;
+            let sx = sign(xi - x[j].to_f64());
+            let sy = sign(yi - y[j].to_f64());
+            counts.x_ties += (sx == 0) as u64;
+            counts.y_ties += (sy == 0) as u64;
+            counts.joint_ties += ((sx | sy) == 0) as u64;
+            counts.discordant += (sx * sy < 0) as u64;
         }
     }
     counts
