@@ -26,7 +26,9 @@ def demo(
     output: Path = typer.Option(
         Path("shfcas-demo-report"), "-o", "--output", help="Report directory (results.json, plots, run artefacts)."
     ),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Number of seeds; each seed reruns every arm."),
+    seeds: int = typer.Option(
+        10, "--seeds", min=1, help="Number of seeds; each trains its own base policy and proxy and runs every arm."
+    ),
     budget: int = typer.Option(
         12, "--budget", min=1, help="Prompts sent to the gold oracle per arm (the same for random and SHF-CAS)."
     ),

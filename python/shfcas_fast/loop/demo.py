@@ -36,7 +36,6 @@ from .synthetic import (
     CATEGORIES,
     POLICY_CATEGORIES,
     PROXY_CATEGORIES,
-    UNSEEN_CATEGORIES,
     SyntheticSafetyTask,
     build_tokenizer,
     tiny_causal_lm,
@@ -47,6 +46,14 @@ from .synthetic import (
 __all__ = ["DemoConfig", "DemoReport", "run_demo"]
 
 METRICS = ("mean_score", "mean_abs_pacs", "mean_tau", "high_conflict_share")
+METRIC_TITLES = {
+    "mean_score": "mean gold score (higher is better)",
+    "mean_abs_pacs": "mean |PACS|, log-prob vs gold (lower)",
+    "mean_tau": "mean tau, log-prob vs gold (higher)",
+    "high_conflict_share": "share of prompts with c > 1 (lower)",
+}
+#: Which training data covered a category: both models', the policy's only, the proxy's only, neither.
+COVERAGE_GROUPS = ("policy+proxy", "policy", "proxy", "neither")
 
 
 @dataclasses.dataclass
@@ -63,7 +70,7 @@ class DemoConfig:
     """
 
     output_dir: str
-    num_seeds: int = 3
+    num_seeds: int = 10
     budget: int = 12
     strategy: str = "pacs"
     fast: bool = False
@@ -135,14 +142,17 @@ class DemoReport:
         ]
         return {"mean": float(np.mean(gains)), "std": float(np.std(gains)), "wins": int(np.sum(np.array(gains) > 0))}
 
-    def unseen_feedback_share(self) -> dict[str, float]:
-        """Share of each feedback arm's selected prompts from the categories neither model saw (a report
-        of where the budget went; selection itself never sees categories)."""
-        return {
-            arm: float(np.mean([c in UNSEEN_CATEGORIES for run in runs for c in run]))
-            for arm, runs in self.selected_categories.items()
-            if arm != "none"
-        }
+    def feedback_share_by_coverage(self) -> dict[str, dict[str, float]]:
+        """Where each feedback arm's budget went: the share of its selected prompts (over all seeds) from
+        categories seen by both models' data, by the policy's only, the proxy's only, or neither. A report
+        after the fact: selection itself never sees categories."""
+        shares = {}
+        for arm, runs in self.selected_categories.items():
+            if arm == "none":
+                continue
+            coverage = [_coverage(category) for run in runs for category in run]
+            shares[arm] = {group: coverage.count(group) / max(len(coverage), 1) for group in COVERAGE_GROUPS}
+        return shares
 
     def summary_table(self) -> str:
         """Mean +/- std over seeds per arm: the overall metrics, then the mean gold score per category."""
@@ -164,13 +174,15 @@ class DemoReport:
             )
             lines.append(f"{category:<16}{cells}")
         gain = self.gold_gain_over_random()
-        shares = ", ".join(f"{arm} {share:.0%}" for arm, share in self.unseen_feedback_share().items())
         lines += [
             "",
             f"{self.config.strategy} - random, mean gold per seed: {gain['mean']:+.3f} +/- {gain['std']:.3f} "
             f"({gain['wins']} of {self.config.num_seeds} seeds better)",
-            f"feedback spent on categories neither model saw: {shares} "
-            f"(their share of the pool: {len(UNSEEN_CATEGORIES) / len(CATEGORIES):.0%})",
+            "feedback prompts by the data that covered their category: "
+            + "; ".join(
+                f"{arm} " + ", ".join(f"{group} {share:.0%}" for group, share in shares.items())
+                for arm, shares in {"pool": _pool_share(), **self.feedback_share_by_coverage()}.items()
+            ),
         ]
         return "\n".join(lines)
 
@@ -179,7 +191,7 @@ class DemoReport:
             "config": dataclasses.asdict(self.config),
             "aggregate": self.aggregate(),
             "gold_gain_over_random": self.gold_gain_over_random(),
-            "unseen_feedback_share": self.unseen_feedback_share(),
+            "feedback_share_by_coverage": self.feedback_share_by_coverage(),
             "base": self.base,
             "results": self.results,
             "selected_categories": self.selected_categories,
@@ -200,7 +212,7 @@ def _plot(report: DemoReport, output_dir: Path) -> None:
         stats = [aggregate[arm]["overall"][metric] for arm in arms]
         axis.bar(arms, [s["mean"] for s in stats], yerr=[s["std"] for s in stats], capsize=4,
                  color=[colours[arm] for arm in arms])
-        axis.set_title(metric)
+        axis.set_title(METRIC_TITLES[metric], fontsize=10)
     figure.suptitle(f"held-out evaluation against the gold oracle, mean +/- std over {report.config.num_seeds} seeds")
     figure.tight_layout()
     figure.savefig(output_dir / "overall.png", dpi=100)
@@ -225,8 +237,15 @@ def _plot(report: DemoReport, output_dir: Path) -> None:
 
 
 def _coverage(category: str) -> str:
+    """Which training data covered ``category``: one of :data:`COVERAGE_GROUPS`."""
     seen_by = [name for name, seen in (("policy", POLICY_CATEGORIES), ("proxy", PROXY_CATEGORIES)) if category in seen]
     return "+".join(seen_by) if seen_by else "neither"
+
+
+def _pool_share() -> dict[str, float]:
+    """Each coverage group's share of the categories (of the mining pool, which has as many prompts of each)."""
+    coverage = [_coverage(category) for category in CATEGORIES]
+    return {group: coverage.count(group) / len(coverage) for group in COVERAGE_GROUPS}
 
 
 def run_demo(config: DemoConfig) -> DemoReport:
