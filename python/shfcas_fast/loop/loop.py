@@ -196,6 +196,8 @@ class SHFCASLoop:
         logger.info("round %d: %s done in %.1f s", round_index, stage, summary["seconds"])
 
     def _seed(self, round_index: int, stage: str) -> int:
+        """The seed a stage sets at its start: a function of (seed, round, stage) only, never of what ran
+        earlier in the process, so a resumed stage redoes exactly what an uninterrupted run did."""
         return self.config.seed + 1000 * round_index + STAGES.index(stage)
 
     def _trainer_kwargs(self, round_index: int, stage: str, learning_rate: float, batch_size: int) -> dict:
