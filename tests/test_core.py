@@ -1,11 +1,10 @@
-"""The compiled core as a Python extension: its thread pool, fork safety, doc examples.
+"""The compiled core as a Python extension: its thread pool, fork safety, packaging.
 
 The hand-written stub is checked by ``mypy.stubtest`` in ``.ci/run`` (it takes too long for a test).
 """
 
 from __future__ import annotations
 
-import doctest
 import multiprocessing
 import os
 import subprocess
@@ -71,14 +70,6 @@ def test_pool_works_in_a_forked_child():
     child.join(timeout=60)
     assert child.exitcode == 0, "the forked child hung or crashed"
     assert queue.get(timeout=5) == expected
-
-
-@pytest.mark.parametrize("module", ["shfcas_fast", "shfcas_fast.scoring", "shfcas_fast.pairs"])
-def test_docstring_examples_run(module):
-    imported = __import__(module, fromlist=["_"])
-    failures, tried = doctest.testmod(imported, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried > 0
-    assert failures == 0
 
 
 def test_every_kernel_source_ships_inside_the_package():
