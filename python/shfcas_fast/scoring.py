@@ -17,6 +17,7 @@ from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
 
 __all__ = [
     "ConflictScores",
+    "PromptScores",
     "pacs",
     "kendall_tau",
     "kendall_distance",
@@ -36,19 +37,14 @@ Strategy = Literal["pacs", "kendall", "random"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ConflictScores:
-    """Conflict scores of ``n`` completions grouped into ``g`` prompts.
+class PromptScores:
+    """Conflict measures of ``g`` prompts: everything :func:`select` needs.
 
-    Per completion (length ``n``): ``z_logprob``, ``z_reward`` (per-prompt z-scores, population
-    standard deviation) and the signed ``pacs = z_reward - z_logprob`` (0 in degenerate prompts).
-    Per prompt (length ``g``): ``group_conflict`` (mean |PACS|), ``kendall_tau`` (tau-b, NaN where
-    scipy gives NaN), ``kendall_distance`` ((1 - tau_b) / 2) and ``degenerate`` (fewer than two
-    completions, or a log-prob or reward standard deviation below 1e-6).
+    ``group_conflict`` (mean |PACS|), ``kendall_tau`` (tau-b, NaN where scipy gives NaN),
+    ``kendall_distance`` ((1 - tau_b) / 2) and ``degenerate`` (fewer than two completions, or a
+    log-prob or reward standard deviation below 1e-6), each of length ``g``.
     """
 
-    pacs: np.ndarray
-    z_logprob: np.ndarray
-    z_reward: np.ndarray
     group_conflict: np.ndarray
     kendall_tau: np.ndarray
     kendall_distance: np.ndarray
@@ -57,6 +53,20 @@ class ConflictScores:
     @property
     def num_groups(self) -> int:
         return int(self.group_conflict.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ConflictScores(PromptScores):
+    """Conflict scores of ``n`` completions grouped into ``g`` prompts.
+
+    The per-prompt fields of :class:`PromptScores`, and per completion (length ``n``):
+    ``z_logprob``, ``z_reward`` (per-prompt z-scores, population standard deviation) and the signed
+    ``pacs = z_reward - z_logprob`` (0 in degenerate prompts).
+    """
+
+    pacs: np.ndarray
+    z_logprob: np.ndarray
+    z_reward: np.ndarray
 
     @property
     def num_items(self) -> int:
@@ -165,7 +175,7 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any) -> ConflictScores:
 
 
 def select(
-    scores: ConflictScores,
+    scores: PromptScores,
     *,
     budget: int | None = None,
     threshold: float | None = None,
@@ -193,7 +203,7 @@ def select(
 
     Degenerate groups are never chosen.
     """
-    if not isinstance(scores, ConflictScores):
+    if not isinstance(scores, PromptScores):
         raise TypeError(f"scores must be a ConflictScores from shfcas_fast.score, got {type(scores).__name__}")
     if budget is not None:
         budget = as_count(budget, "budget")

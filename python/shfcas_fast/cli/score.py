@@ -50,7 +50,7 @@ from ._common import (
 from ._groups import Groups, group_rows
 from .app import app
 
-__all__ = ["SCORE_FIELDS", "score_file"]
+__all__ = ["PER_COMPLETION_FIELDS", "SCORE_FIELDS", "score_file"]
 
 #: The columns ``shfcas score`` appends (an input that already has them gets them replaced).
 SCORE_FIELDS = pa.schema(
@@ -64,8 +64,8 @@ SCORE_FIELDS = pa.schema(
         ("degenerate", pa.bool_()),
     ]
 )
-# The rest are per prompt, repeated on each of its rows.
-_PER_ROW_FIELDS = ("z_logprob", "z_reward", "pacs")
+#: The score columns with one value per completion; the rest are per prompt, repeated on its rows.
+PER_COMPLETION_FIELDS = ("z_logprob", "z_reward", "pacs")
 
 
 @app.command("score")
@@ -221,7 +221,7 @@ def _scored_batches(
         rows = kept if positions is None else positions[kept]  # where these rows are in ``scores``
         prompts = groups.ids[kept]
         for field in SCORE_FIELDS:
-            values = getattr(scores, field.name)[rows if field.name in _PER_ROW_FIELDS else prompts]
+            values = getattr(scores, field.name)[rows if field.name in PER_COMPLETION_FIELDS else prompts]
             table = table.append_column(field, pa.array(values, type=field.type))
         yield table
         kept_start = kept.stop

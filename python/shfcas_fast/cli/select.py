@@ -22,7 +22,7 @@ import pyarrow as pa
 import typer
 
 from .. import io
-from ..scoring import ConflictScores, select
+from ..scoring import ConflictScores, PromptScores, select
 from ._common import (
     OutputOption,
     OverwriteOption,
@@ -35,7 +35,7 @@ from ._common import (
 )
 from ._groups import Groups, group_rows
 from .app import app
-from .score import SCORE_FIELDS
+from .score import PER_COMPLETION_FIELDS, SCORE_FIELDS
 
 __all__ = [
     "Strategy",
@@ -97,25 +97,33 @@ class ScoredPrompts:
 
     prompts: pa.ChunkedArray
     groups: Groups
-    scores: ConflictScores
+    scores: PromptScores
 
     def select(self, strategy: Strategy, budget: int | None, threshold: float | None, seed: int) -> np.ndarray:
         """Indices of the selected prompts (groups), in selection order."""
         return select(self.scores, budget=budget, threshold=threshold, strategy=strategy.value, seed=seed)
 
 
-def load_scored(path: Path, prompt_column: str, *, quiet: bool) -> ScoredPrompts:
-    """Read the prompt and score columns of a file written by ``shfcas score``."""
+def load_scored(path: Path, prompt_column: str, *, quiet: bool, per_completion: bool = True) -> ScoredPrompts:
+    """Read the prompt and score columns of a file written by ``shfcas score``.
+
+    With ``per_completion=False`` only the per-prompt columns are read (all that selection needs) and
+    ``scores`` is a :class:`~shfcas_fast.scoring.PromptScores`; otherwise a full ``ConflictScores``.
+    """
     schema = io.read_schema(path)
     require_columns(schema, {prompt_column: "--prompt-column"}, path)
     missing = [name for name in SCORE_FIELDS.names if name not in schema.names]
     if missing:
         raise ValueError(f"{path} has no column {missing[0]!r}; run `shfcas score` on it first")
-    numeric = [field.name for field in SCORE_FIELDS if pa.types.is_floating(field.type)]
+    numeric = [
+        field.name
+        for field in SCORE_FIELDS
+        if pa.types.is_floating(field.type) and (per_completion or field.name not in PER_COMPLETION_FIELDS)
+    ]
     prompt_chunks, flag_chunks = [], []
     number_chunks: dict[str, list[np.ndarray]] = {name: [] for name in numeric}
     with progress_bar(io.count_rows(path), "reading", quiet=quiet) as bar:
-        for batch in io.iter_batches(path, [prompt_column, *SCORE_FIELDS.names]):
+        for batch in io.iter_batches(path, [prompt_column, "degenerate", *numeric]):
             prompt_chunks.append(batch.column(prompt_column))
             flag_chunks.append(_flags(batch.column("degenerate"), path))
             for name in numeric:
@@ -127,15 +135,14 @@ def load_scored(path: Path, prompt_column: str, *, quiet: bool) -> ScoredPrompts
     groups = group_rows(prompts, prompt_column)
     # One column at a time, so that each column's Arrow buffers go as soon as it is copied.
     numbers = {name: np.concatenate(number_chunks.pop(name)) for name in numeric}
-    scores = ConflictScores(
-        pacs=groups.contiguous(numbers["pacs"]),
-        z_logprob=groups.contiguous(numbers["z_logprob"]),
-        z_reward=groups.contiguous(numbers["z_reward"]),
-        group_conflict=_per_group(numbers["group_conflict"], groups, "group_conflict", path),
-        kendall_tau=_per_group(numbers["kendall_tau"], groups, "kendall_tau", path),
-        kendall_distance=_per_group(numbers["kendall_distance"], groups, "kendall_distance", path),
-        degenerate=_per_group(np.concatenate(flag_chunks), groups, "degenerate", path),
-    )
+    per_prompt = {
+        name: _per_group(numbers.pop(name), groups, name, path)
+        for name in ("group_conflict", "kendall_tau", "kendall_distance")
+    }
+    per_prompt["degenerate"] = _per_group(np.concatenate(flag_chunks), groups, "degenerate", path)
+    if not per_completion:
+        return ScoredPrompts(prompts=prompts, groups=groups, scores=PromptScores(**per_prompt))
+    scores = ConflictScores(**per_prompt, **{name: groups.contiguous(numbers[name]) for name in PER_COMPLETION_FIELDS})
     return ScoredPrompts(prompts=prompts, groups=groups, scores=scores)
 
 
@@ -194,7 +201,7 @@ def select_command(
     else:
         output_schema = pa.schema([field for field in schema if field.name != _RANK.name] + [_RANK])
     with io.open_writer(output, output_schema, overwrite=overwrite) as writer:
-        scored = load_scored(scored_path, prompt_column, quiet=quiet)
+        scored = load_scored(scored_path, prompt_column, quiet=quiet, per_completion=False)
         groups, selected = scored.groups, scored.select(strategy, budget, threshold, seed)
         if kind is OutputKind.PROMPTS:
             writer.write(_prompt_table(scored, selected, output_schema))
