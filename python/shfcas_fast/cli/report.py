@@ -20,6 +20,7 @@ import typer
 
 from .. import io
 from ..report import write_report
+from ..scoring import ConflictScores
 from ._common import OverwriteOption, PromptColumnOption, QuietOption, reports_errors
 from .app import app
 from .select import BudgetOption, ScoredArgument, SeedOption, Strategy, StrategyOption, ThresholdOption, load_scored
@@ -62,6 +63,7 @@ def report_command(
     """
     with io.atomic_output(output, overwrite=overwrite, directory=True) as folder:
         scored = load_scored(scored_path, prompt_column, quiet=quiet)
+        assert isinstance(scored.scores, ConflictScores)  # per-completion columns are read by default
         selected = scored.select(strategy, budget, threshold, seed)
         summary = write_report(
             folder,

@@ -29,7 +29,7 @@ from transformers import set_seed
 from trl import RewardConfig
 
 from .evaluation import evaluate_policy
-from .loop import SHFCASConfig, SHFCASLoop
+from .loop import LoopStrategy, SHFCASConfig, SHFCASLoop
 from .oracles import CallableOracle, RewardModelOracle
 from .reward_model import train_reward_model
 from .synthetic import (
@@ -88,7 +88,7 @@ class DemoConfig:
     def eval_per_category(self) -> int:
         return 1 if self.fast else 10
 
-    def loop_config(self, output_dir: Path, strategy: str, seed: int) -> SHFCASConfig:
+    def loop_config(self, output_dir: Path, strategy: LoopStrategy, seed: int) -> SHFCASConfig:
         return SHFCASConfig(
             output_dir=str(output_dir),
             strategy=strategy,
@@ -206,7 +206,8 @@ def _plot(report: DemoReport, output_dir: Path) -> None:
 
     aggregate = report.aggregate()
     arms = list(aggregate)
-    colours = dict(zip(arms, plt.get_cmap("tab10").colors))
+    palette = plt.get_cmap("tab10")
+    colours = {arm: palette(i) for i, arm in enumerate(arms)}
     figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5))
     for axis, metric in zip(axes, METRICS):
         stats = [aggregate[arm]["overall"][metric] for arm in arms]

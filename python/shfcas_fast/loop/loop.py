@@ -45,6 +45,9 @@ __all__ = ["SHFCASConfig", "SHFCASLoop", "STAGES"]
 
 logger = logging.getLogger(__name__)
 
+#: Which prompts get feedback: the engine's selection strategies, or "none" (no extra feedback).
+LoopStrategy = Literal["pacs", "kendall", "random", "none"]
+
 STAGES = ("sample", "score", "select", "feedback", "pairs", "reward_model", "policy", "evaluate")
 
 
@@ -74,7 +77,7 @@ class SHFCASConfig:
 
     output_dir: str
     num_rounds: int = 1
-    strategy: Literal["pacs", "kendall", "random", "none"] = "pacs"
+    strategy: LoopStrategy = "pacs"
     budget: int | None = None
     threshold: float | None = None
     num_generations: int = 8
@@ -358,7 +361,7 @@ class SHFCASLoop:
         set_seed(self._seed(round_index, "policy"))
         kwargs = self._trainer_kwargs(round_index, "policy", cfg.policy_learning_rate, cfg.policy_batch_size)
         if cfg.policy_method == "grpo":
-            args = GRPOConfig(
+            grpo_args = GRPOConfig(
                 max_steps=cfg.policy_steps,
                 num_generations=cfg.num_generations,
                 max_completion_length=cfg.max_new_tokens,
@@ -367,11 +370,11 @@ class SHFCASLoop:
                 **kwargs,
             )
             prompts = Dataset.from_dict({"prompt": self.pool_prompts})
-            self.policy = refine_policy_grpo(self.policy, self.processing_class, self.proxy, prompts, args)
+            self.policy = refine_policy_grpo(self.policy, self.processing_class, self.proxy, prompts, grpo_args)
             self.policy.save_pretrained(str(path))
         elif len(pairs):
-            args = DPOConfig(max_steps=cfg.policy_steps, **kwargs)
-            self.policy = refine_policy_dpo(self.policy, self.processing_class, pairs, args)
+            dpo_args = DPOConfig(max_steps=cfg.policy_steps, **kwargs)
+            self.policy = refine_policy_dpo(self.policy, self.processing_class, pairs, dpo_args)
             self.policy.save_pretrained(str(path))
         self._finish(round_index, "policy", started)
 

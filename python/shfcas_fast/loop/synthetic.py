@@ -31,7 +31,7 @@ they disagree although the proxy is right.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -110,7 +110,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides: int) -> GPT2Config:
+def _tiny_config(tokenizer: PreTrainedTokenizerFast, **overrides: Any) -> GPT2Config:
     return GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=32,
