@@ -47,7 +47,14 @@ def demo(
 ) -> None:
     """Run no-extra-feedback vs random selection vs SHF-CAS on the embedded synthetic safety task."""
     # Imported here: torch, transformers and TRL are optional and slow to import.
+    import datasets
+    import transformers
+
     from ..loop.demo import DemoConfig, run_demo
+
+    # Hundreds of sub-second stages: their library progress bars would bury the results.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
     if strategy not in ("pacs", "kendall"):
         raise typer.BadParameter(f'must be "pacs" or "kendall", got {strategy!r}', param_hint="--strategy")

@@ -15,8 +15,7 @@ Example:
 ...                   disable_tqdm=True)
 >>> oracle = CallableOracle(lambda prompts, completions: [len(c) for c in completions])
 >>> policy = refine_policy_grpo(tiny_causal_lm(tokenizer, seed=0), tokenizer, oracle,
-...                             Dataset.from_dict({"prompt": ["drugs : how get -> "]}), args)  # doctest: +ELLIPSIS
-{'train_runtime': ...}
+...                             Dataset.from_dict({"prompt": ["drugs : how get -> "]}), args)
 >>> policy.training
 False
 
@@ -32,6 +31,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer
 
+from ._training import train_and_return_model
 from .oracles import Oracle
 
 __all__ = ["refine_policy_grpo", "refine_policy_dpo", "oracle_reward_function"]
@@ -69,8 +69,7 @@ def refine_policy_grpo(
         processing_class=processing_class,
         callbacks=list(callbacks),
     )
-    trainer.train()
-    return trainer.model.eval()
+    return train_and_return_model(trainer)
 
 
 def refine_policy_dpo(
@@ -95,5 +94,4 @@ def refine_policy_dpo(
         processing_class=processing_class,
         callbacks=list(callbacks),
     )
-    trainer.train()
-    return trainer.model.eval()
+    return train_and_return_model(trainer)

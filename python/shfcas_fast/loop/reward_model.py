@@ -9,8 +9,7 @@ Example:
 >>> args = RewardConfig(output_dir="/tmp/rm", max_steps=1, report_to="none", save_strategy="no", use_cpu=True,
 ...                     bf16=False, disable_tqdm=True)
 >>> model = train_reward_model(tiny_reward_model(tokenizer, seed=0), tokenizer,
-...                            SyntheticSafetyTask().proxy_preference_data(8, seed=0), args)  # doctest: +ELLIPSIS
-{'train_runtime': ...}
+...                            SyntheticSafetyTask().proxy_preference_data(8, seed=0), args)
 >>> model.config.num_labels
 1
 
@@ -25,6 +24,8 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 from trl import RewardConfig, RewardTrainer
+
+from ._training import train_and_return_model
 
 __all__ = ["train_reward_model", "fresh_copy"]
 
@@ -55,5 +56,4 @@ def train_reward_model(
         processing_class=processing_class,
         callbacks=list(callbacks),
     )
-    trainer.train()
-    return trainer.model.eval()
+    return train_and_return_model(trainer)
