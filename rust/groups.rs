@@ -53,9 +53,41 @@ where
     );
 }
 
+/// The stable order that makes equal group ids contiguous (a counting sort): rows of group 0 first,
+/// each group's rows in their original order. Every id must lie in `[0, num_groups)`.
+pub fn stable_group_order(ids: &[i32], num_groups: usize) -> Result<Vec<i64>, String> {
+    let mut next = vec![0usize; num_groups + 1];
+    for (row, &id) in ids.iter().enumerate() {
+        if id < 0 || id as usize >= num_groups {
+            return Err(format!("ids[{row}] is {id}; group ids must lie in [0, {num_groups})"));
+        }
+        next[id as usize + 1] += 1;
+    }
+    for g in 0..num_groups {
+        next[g + 1] += next[g];
+    }
+    let mut order = vec![0i64; ids.len()];
+    for (row, &id) in ids.iter().enumerate() {
+        let slot = &mut next[id as usize];
+        order[*slot] = row as i64;
+        *slot += 1;
+    }
+    Ok(order)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_order_is_a_stable_counting_sort() {
+        let ids = [2, 0, 2, 1, 0, 2];
+        assert_eq!(stable_group_order(&ids, 3).unwrap(), vec![1, 4, 3, 0, 2, 5]);
+        assert_eq!(stable_group_order(&ids, 4).unwrap(), vec![1, 4, 3, 0, 2, 5]);
+        assert!(stable_group_order(&[], 0).unwrap().is_empty());
+        assert!(stable_group_order(&ids, 2).unwrap_err().contains("ids[0] is 2"));
+        assert!(stable_group_order(&[0, -1], 2).unwrap_err().contains("ids[1] is -1"));
+    }
 
     #[test]
     fn offsets_are_checked() {

@@ -273,6 +273,20 @@ fn top_k<'py>(py: Python<'py>, scores: FloatArray<'py>, k: usize) -> PyResult<Bo
     Ok(chosen.into_pyarray(py))
 }
 
+/// The stable row order that makes equal group ids contiguous (a counting sort).
+#[pyfunction]
+fn stable_group_order<'py>(
+    py: Python<'py>,
+    ids: PyReadonlyArray1<'py, i32>,
+    num_groups: usize,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let ids = ids
+        .as_slice()
+        .map_err(|_| PyValueError::new_err("ids must be a contiguous 1-D array"))?;
+    let order = run_detached(py, || groups::stable_group_order(ids, num_groups))?;
+    Ok(order.map_err(PyValueError::new_err)?.into_pyarray(py))
+}
+
 /// Worker threads of the engine's pool (`SHFCAS_NUM_THREADS`, default all cores).
 #[pyfunction]
 fn num_threads(py: Python<'_>) -> PyResult<usize> {
@@ -300,6 +314,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kendall_tau_grouped, m)?)?;
     m.add_function(wrap_pyfunction!(kendall_tau, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
+    m.add_function(wrap_pyfunction!(stable_group_order, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     Ok(())

@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import _core
+
 __all__ = ["Groups", "group_rows"]
 
 # Below this many rows per run of adjacent equal keys on average, hashing every key beats taking
@@ -109,7 +111,7 @@ def _scattered(ids: np.ndarray, num_groups: int) -> Groups:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     if np.all(ids[1:] >= ids[:-1]):
         return Groups(ids=ids, sizes=sizes, first_rows=starts, order=None)
-    order = _stable_argsort_small_ints(ids, num_groups)
+    order = _core.stable_group_order(ids, num_groups)
     return Groups(ids=ids, sizes=sizes, first_rows=order[starts], order=order)
 
 
@@ -124,16 +126,3 @@ def _run_starts(chunks: list[pa.Array]) -> np.ndarray:
         offset += len(chunk)
         previous = chunk[len(chunk) - 1]
     return np.concatenate(starts).astype(np.int64, copy=False)
-
-
-def _stable_argsort_small_ints(ids: np.ndarray, bound: int) -> np.ndarray:
-    """Stable argsort of integers in ``[0, bound)``, with bound < 2**32.
-
-    numpy sorts 16-bit integers with a linear-time radix sort but wider ones with timsort, so two
-    stable 16-bit passes (low half, then high half) beat one ``argsort(kind="stable")``.
-    """
-    low = np.argsort((ids & 0xFFFF).astype(np.uint16), kind="stable")
-    if bound <= 1 << 16:
-        return low
-    high = (ids[low] >> 16).astype(np.uint16)
-    return low[np.argsort(high, kind="stable")]
