@@ -103,3 +103,12 @@ def test_export_writes_only_jsonl(tmp_path, scored_file, invoke):
     result = invoke("export", scored_file, "-o", tmp_path / "tasks.parquet")
     assert result.exit_code == 1
     assert "name the output .jsonl" in result.stderr
+
+
+@pytest.mark.parametrize("label_column", ["id", "prompt", "completion"])
+def test_export_refuses_a_label_column_that_would_overwrite_a_task_field(tmp_path, scored_file, invoke, label_column):
+    output = tmp_path / "tasks.jsonl"
+    result = invoke("export", scored_file, "-o", output, "--label-column", label_column)
+    assert result.exit_code == 1
+    assert f"--label-column {label_column} clashes with a field export always writes" in result.stderr
+    assert not output.exists()

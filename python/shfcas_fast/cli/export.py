@@ -103,8 +103,11 @@ def export_command(
     """
     if io.output_format(output) != "jsonl":
         raise ValueError(f"{output}: annotation tools read JSON lines; name the output .jsonl")
+    task_fields = {"id", "prompt_id", "prompt", "completion"}
+    if label_column in task_fields:
+        raise ValueError(f"--label-column {label_column} clashes with a field export always writes")
     keep = list(dict.fromkeys(keep or []))
-    reserved = {"id", "prompt_id", "prompt", "completion", label_column}
+    reserved = task_fields | {label_column}
     clashing = [name for name in keep if name in reserved]
     if clashing:
         raise ValueError(f"--keep {clashing[0]} clashes with a field export always writes")
