@@ -160,3 +160,12 @@ def test_interrupted_report_leaves_no_folder(tmp_path, scored_file, invoke, monk
     monkeypatch.setattr(report_command, "write_report", interrupted)
     assert invoke("report", scored_file, "-o", tmp_path / "out" / "report").exit_code == 130
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_demo_refuses_a_file_as_its_report_directory(tmp_path, invoke):
+    existing = tmp_path / "report"
+    existing.write_text("not a directory")
+    result = invoke("demo", "-o", existing, "--fast")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {existing} is a file; -o/--output names the report directory"
+    assert existing.read_text() == "not a directory"

@@ -12,16 +12,26 @@ True
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import typer
 
+from ._common import reports_errors
 from .app import app
 
 __all__ = ["demo"]
 
 
+class ConflictMeasure(str, enum.Enum):
+    """The conflict measure the SHF-CAS arm selects by."""
+
+    PACS = "pacs"
+    KENDALL = "kendall"
+
+
 @app.command("demo")
+@reports_errors
 def demo(
     output: Path = typer.Option(
         Path("shfcas-demo-report"), "-o", "--output", help="Report directory (results.json, plots, run artefacts)."
@@ -32,8 +42,8 @@ def demo(
     budget: int = typer.Option(
         12, "--budget", min=1, help="Prompts sent to the gold oracle per arm (the same for random and SHF-CAS)."
     ),
-    strategy: str = typer.Option(
-        "pacs", "--strategy", help='Conflict measure of the SHF-CAS arm: "pacs" or "kendall".'
+    strategy: ConflictMeasure = typer.Option(
+        ConflictMeasure.PACS, "--strategy", help="Conflict measure of the SHF-CAS arm.", case_sensitive=False
     ),
     fast: bool = typer.Option(
         False, "--fast", help="A much smaller configuration (seconds): for smoke tests, not for conclusions."
@@ -56,10 +66,10 @@ def demo(
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 
-    if strategy not in ("pacs", "kendall"):
-        raise typer.BadParameter(f'must be "pacs" or "kendall", got {strategy!r}', param_hint="--strategy")
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} is a file; -o/--output names the report directory")
     config = DemoConfig(
-        output_dir=str(output), num_seeds=seeds, budget=budget, strategy=strategy, fast=fast, num_threads=threads
+        output_dir=str(output), num_seeds=seeds, budget=budget, strategy=strategy.value, fast=fast, num_threads=threads
     )
     report = run_demo(config)
     typer.echo(report.summary_table())
