@@ -308,6 +308,8 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("Z_EPSILON", scoring::Z_EPSILON)?;
+    m.add("DEGENERATE_STD", scoring::DEGENERATE_STD)?;
     m.add_function(wrap_pyfunction!(first_non_finite, m)?)?;
     m.add_function(wrap_pyfunction!(pacs, m)?)?;
     m.add_function(wrap_pyfunction!(score, m)?)?;

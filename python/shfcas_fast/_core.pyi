@@ -9,6 +9,8 @@ _FloatArray = npt.NDArray[np.float64] | npt.NDArray[np.float32]
 
 __all__ = [
     "__version__",
+    "Z_EPSILON",
+    "DEGENERATE_STD",
     "first_non_finite",
     "pacs",
     "score",
@@ -21,6 +23,10 @@ __all__ = [
 ]
 
 __version__: str
+#: Added to each standard deviation before dividing (SPEC section 2).
+Z_EPSILON: float
+#: A prompt whose log-prob or reward standard deviation is below this is degenerate.
+DEGENERATE_STD: float
 
 def first_non_finite(values: _FloatArray) -> int | None: ...
 def pacs(

@@ -28,15 +28,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from . import _core
 from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
 from .scoring import ConflictScores, select
 
 __all__ = ["pacs", "kendall_tau", "kendall_distance", "top_k", "score", "select"]
 
-#: Added to every standard deviation before dividing (SPEC section 2).
-Z_SCORE_EPS = 1e-8
-#: A prompt whose log-prob or reward standard deviation is below this is degenerate (SPEC section 2).
-DEGENERATE_STD = 1e-6
 #: Upper bound on the elements of one ``[groups, pairs]`` chunk of per-group pairwise signs.
 PAIRWISE_CHUNK_ELEMENTS = 1 << 22
 #: Block length of the global Kendall merge sort below which inversions are counted pairwise.
@@ -175,7 +172,7 @@ def _grouped_conflict(logprobs: np.ndarray, rewards: np.ndarray, offsets: np.nda
     group_id = torch.repeat_interleave(torch.arange(sizes.shape[0]), sizes)
     z_logprob, std_logprob = _zscore(torch.from_numpy(logprobs).double(), group_id, sizes)
     z_reward, std_reward = _zscore(torch.from_numpy(rewards).double(), group_id, sizes)
-    degenerate = (sizes < 2) | (std_logprob < DEGENERATE_STD) | (std_reward < DEGENERATE_STD)
+    degenerate = (sizes < 2) | (std_logprob < _core.DEGENERATE_STD) | (std_reward < _core.DEGENERATE_STD)
     pacs_values = torch.where(degenerate[group_id], 0.0, z_reward - z_logprob)
     group_conflict = _segment_mean(pacs_values.abs(), group_id, sizes)
     return _GroupedConflict(z_logprob, z_reward, pacs_values, group_conflict, degenerate)
@@ -193,7 +190,7 @@ def _zscore(values: torch.Tensor, group_id: torch.Tensor, sizes: torch.Tensor) -
     # log-probs around -300 that differ by less than 1.
     centered = values - _segment_mean(values, group_id, sizes)[group_id]
     std = _segment_mean(centered.square(), group_id, sizes).sqrt()
-    return centered / (std + Z_SCORE_EPS)[group_id], std
+    return centered / (std + _core.Z_EPSILON)[group_id], std
 
 
 def _grouped_tau(x: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
