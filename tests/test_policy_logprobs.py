@@ -1,8 +1,8 @@
 """``policy_logprobs`` on tiny randomly initialised transformers models, against the naive logits.
 
-The naive computation is ``model(input_ids, attention_mask=...).logits``, shifted by one, a float64
-log-softmax, the label gathered and summed over the response tokens. The Triton backend of the same
-function is tested in test_kernels.py.
+The naive computation is ``model(input_ids, attention_mask=..., position_ids=...).logits`` with the
+position ids ``generate`` uses, shifted by one, a float64 log-softmax, the label gathered and summed
+over the response tokens. The Triton backend of the same function is tested in test_kernels.py.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ def left_padded_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 def naive_logprobs(model, input_ids, attention_mask, response_mask, temperature=1.0) -> torch.Tensor:
+    # transformers' GenerationMixin._prepare_position_ids_for_generation: padding gets position 0.
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     with torch.no_grad():
-        logits = model(input_ids, attention_mask=attention_mask).logits[:, :-1].double() / temperature
+        outputs = model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    logits = outputs.logits[:, :-1].double() / temperature
     picked = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     counted = (response_mask[:, 1:] * attention_mask[:, 1:]).bool()
     return torch.where(counted, picked, 0.0).sum(dim=1)
@@ -61,6 +64,20 @@ def test_policy_logprobs_match_the_naive_logits(make_model, temperature):
     got = lp.policy_logprobs(model, *batch, batch_size=2, temperature=temperature, backend="torch")
     assert got.shape == (5,) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), naive_logprobs(model, *batch, temperature), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("make_model", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
+def test_left_padding_does_not_change_a_sequence_logprob(make_model):
+    torch.manual_seed(0)
+    model = make_model()
+    input_ids, attention_mask, response_mask = left_padded_batch(seed=5)
+    padded = lp.policy_logprobs(model, input_ids, attention_mask, response_mask, backend="torch")
+    for row, pad in enumerate((attention_mask == 0).sum(dim=1).tolist()):
+        unpadded_ids = input_ids[row : row + 1, pad:]
+        unpadded = lp.policy_logprobs(
+            model, unpadded_ids, torch.ones_like(unpadded_ids), response_mask[row : row + 1, pad:], backend="torch"
+        )
+        torch.testing.assert_close(padded[row : row + 1], unpadded, rtol=1e-5, atol=1e-5)
 
 
 def test_policy_logprobs_do_not_depend_on_the_batch_size():
@@ -97,3 +114,15 @@ def test_bad_arguments_are_named():
         lp.policy_logprobs(model, input_ids, attention_mask, response_mask, batch_size=0)
     with pytest.raises(ValueError, match="response_mask must have the shape of input_ids"):
         lp.policy_logprobs(model, input_ids, attention_mask, response_mask[:, 1:])
+    with pytest.raises(TypeError, match="input_ids must hold integers, got dtype float32"):
+        lp.policy_logprobs(model, input_ids.float(), attention_mask, response_mask)
+    with pytest.raises(TypeError, match="input_ids must hold integers, got dtype bool"):
+        lp.policy_logprobs(model, input_ids.bool(), attention_mask, response_mask)
+    too_large = input_ids.clone()
+    too_large[2, 7] = VOCAB
+    with pytest.raises(ValueError, match=rf"input_ids\[2, 7\] is {VOCAB}, outside the vocabulary \[0, {VOCAB}\)"):
+        lp.policy_logprobs(model, too_large, attention_mask, response_mask)
+    negative = input_ids.clone()
+    negative[1, 0] = -1  # a padding position: the embedding is looked up there too
+    with pytest.raises(ValueError, match=r"input_ids\[1, 0\] is -1, outside the vocabulary"):
+        lp.policy_logprobs(model, negative, attention_mask, response_mask)

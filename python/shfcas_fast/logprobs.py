@@ -262,9 +262,10 @@ def policy_logprobs(
 
     Runs the model's decoder for the last hidden state, then :func:`sequence_logprobs_from_hidden` on
     the output embeddings (tied or not). Token ``t + 1`` is scored from position ``t``; it counts when
-    ``response_mask`` and ``attention_mask`` are both true at ``t + 1``. Equal to the naive
-    ``model(input_ids, attention_mask=attention_mask).logits`` computation. Put the model in eval
-    mode first: dropout would make the log-probabilities random.
+    ``response_mask`` and ``attention_mask`` are both true at ``t + 1``. Position ids come from the
+    attention mask as in ``generate``, so left padding does not change a sequence's log-probability.
+    Equal to the naive ``model(input_ids, attention_mask=..., position_ids=...).logits`` computation.
+    Put the model in eval mode first: dropout would make the log-probabilities random.
 
     Example:
     ```python
@@ -296,6 +297,8 @@ def policy_logprobs(
     if not isinstance(head, torch.nn.Linear):
         raise TypeError(f"model's output embeddings must be a torch.nn.Linear, got {type(head).__name__}")
     _check_tensor(input_ids, "input_ids", ndim=2)
+    _check_integer_dtype(input_ids, "input_ids")
+    _check_in_vocabulary(input_ids, "input_ids", head.weight.shape[0])
     for name, tensor in (("attention_mask", attention_mask), ("response_mask", response_mask)):
         _check_tensor(tensor, name, ndim=2, device=input_ids.device)
         if tensor.shape != input_ids.shape:
@@ -305,13 +308,19 @@ def policy_logprobs(
     labels[:, :-1] = input_ids[:, 1:]
     counted = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
     counted[:, :-1] = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    # As generate computes them (GenerationMixin._prepare_position_ids_for_generation): each token's
+    # position counts only the attended tokens before it, so left padding shifts nothing.
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
     chunks = [torch.zeros(0, dtype=torch.float32, device=head.weight.device)]  # an empty batch gives [0]
     with torch.no_grad():
         for start in range(0, input_ids.shape[0], batch_size):
             batch = slice(start, start + batch_size)
             hidden = decoder(
-                input_ids=input_ids[batch], attention_mask=attention_mask[batch], use_cache=False
+                input_ids=input_ids[batch],
+                attention_mask=attention_mask[batch],
+                position_ids=position_ids[batch],
+                use_cache=False,
             ).last_hidden_state
             chunks.append(
                 sequence_logprobs_from_hidden(
@@ -371,8 +380,7 @@ def _counted_positions(
 ) -> torch.Tensor:
     """Bool ``[B, T]``: positions that add their label's log-probability; checks labels and mask."""
     _check_tensor(labels, "labels", ndim=2, device=device)
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels must hold integers, got dtype {str(labels.dtype).removeprefix('torch.')}")
+    _check_integer_dtype(labels, "labels")
     if tuple(labels.shape) != shape:
         raise ValueError(f"labels must have shape {shape} to match the inputs, got {tuple(labels.shape)}")
     counted = labels != ignore_index
@@ -381,11 +389,23 @@ def _counted_positions(
         if tuple(mask.shape) != shape:
             raise ValueError(f"mask must have shape {shape} to match the inputs, got {tuple(mask.shape)}")
         counted &= mask.bool()
-    out_of_range = counted & ((labels < 0) | (labels >= vocab))
+    _check_in_vocabulary(labels, "labels", vocab, where=counted)
+    return counted
+
+
+def _check_integer_dtype(ids: torch.Tensor, name: str) -> None:
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integers, got dtype {str(ids.dtype).removeprefix('torch.')}")
+
+
+def _check_in_vocabulary(ids: torch.Tensor, name: str, vocab: int, where: torch.Tensor | None = None) -> None:
+    """ValueError naming the first ``[b, t]`` (among ``where``, if given) whose id is outside ``[0, vocab)``."""
+    out_of_range = (ids < 0) | (ids >= vocab)
+    if where is not None:
+        out_of_range &= where
     if out_of_range.any():
         b, t = (int(i) for i in out_of_range.nonzero()[0])
-        raise ValueError(f"labels[{b}, {t}] is {int(labels[b, t])}, outside the vocabulary [0, {vocab})")
-    return counted
+        raise ValueError(f"{name}[{b}, {t}] is {int(ids[b, t])}, outside the vocabulary [0, {vocab})")
 
 
 def _check_no_logit_transform(model: torch.nn.Module) -> None:
