@@ -184,12 +184,16 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool = False, direc
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
+def atomic_output(
+    path: str | os.PathLike[str], *, overwrite: bool = False, directory: bool = False, durable: bool = False
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` that is renamed to ``path`` when the block succeeds.
 
     On any exception (including ``KeyboardInterrupt``) the temporary file or directory is removed
     and ``path`` is left as it was. An existing ``path`` is only replaced when ``overwrite`` is true.
-    With ``directory=True`` the temporary path is an empty directory, e.g. for a report.
+    With ``directory=True`` the temporary path is an empty directory, e.g. for a report. With
+    ``durable=True`` a file is flushed to disk before the rename and the rename itself after it, so
+    that a crash of the machine cannot lose it (for small, precious files such as human labels).
     """
     path = Path(path)
     check_output(path, overwrite=overwrite, directory=directory)
@@ -201,7 +205,11 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False, dire
         temporary = Path(name)
     try:
         yield temporary
+        if durable and not directory:
+            _fsync(temporary)
         _replace(temporary, path)
+        if durable:
+            _fsync(path.parent)
     except BaseException:
         _remove(temporary)
         raise
@@ -216,6 +224,14 @@ def _replace(source: Path, destination: Path) -> None:
     os.replace(destination, retired / destination.name)
     os.replace(source, destination)
     shutil.rmtree(retired)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _remove(path: Path) -> None:
