@@ -9,10 +9,6 @@ degenerate test ``std < 1e-6`` must not depend on cancellation.
 import triton
 import triton.language as tl
 
-#: Same constants as the engine (SPEC section 2).
-_STD_EPS: tl.constexpr = 1e-8
-_DEGENERATE_STD: tl.constexpr = 1e-6
-
 
 @triton.jit
 def group_pacs_kernel(
@@ -24,11 +20,14 @@ def group_pacs_kernel(
     pacs_ptr,
     conflict_ptr,
     degenerate_ptr,
+    STD_EPS: tl.constexpr,
+    DEGENERATE_STD: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """Fill ``z_logprob``, ``z_reward``, ``pacs`` ``[n]`` and ``conflict``, ``degenerate`` ``[g]``.
 
-    ``logprobs``, ``rewards`` and all outputs but ``degenerate`` (int8) are float64.
+    ``logprobs``, ``rewards`` and all outputs but ``degenerate`` (int8) are float64. ``STD_EPS`` and
+    ``DEGENERATE_STD`` are the engine's constants (SPEC section 2), passed in by the launcher.
     """
     group = tl.program_id(0).to(tl.int64)
     start = tl.load(offsets_ptr + group)
@@ -58,14 +57,14 @@ def group_pacs_kernel(
         squares_r += dev_r * dev_r
     std_l = tl.sqrt(tl.sum(squares_l, axis=0) / count)  # population std (ddof = 0)
     std_r = tl.sqrt(tl.sum(squares_r, axis=0) / count)
-    degenerate = (size < 2.0) | (std_l < _DEGENERATE_STD) | (std_r < _DEGENERATE_STD)
+    degenerate = (size < 2.0) | (std_l < DEGENERATE_STD) | (std_r < DEGENERATE_STD)
 
     abs_pacs = tl.zeros([BLOCK], tl.float64)
     for block_start in range(start, end, BLOCK):
         items = block_start + lanes
         ok = items < end
-        z_l = (tl.load(logprobs_ptr + items, mask=ok, other=0.0) - mean_l) / (std_l + _STD_EPS)
-        z_r = (tl.load(rewards_ptr + items, mask=ok, other=0.0) - mean_r) / (std_r + _STD_EPS)
+        z_l = (tl.load(logprobs_ptr + items, mask=ok, other=0.0) - mean_l) / (std_l + STD_EPS)
+        z_r = (tl.load(rewards_ptr + items, mask=ok, other=0.0) - mean_r) / (std_r + STD_EPS)
         pacs = tl.where(degenerate, 0.0, z_r - z_l)
         tl.store(z_logprob_ptr + items, z_l, mask=ok)
         tl.store(z_reward_ptr + items, z_r, mask=ok)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import torch
 
+from . import _core
 from ._validation import as_float_pair, group_offsets
 from .scoring import ConflictScores, kendall_tau, score
 
@@ -627,6 +628,16 @@ def _group_pacs_triton(
     degenerate = torch.empty(groups, dtype=torch.int8, device=logprobs.device)
     if groups:
         group_pacs_kernel[(groups,)](
-            logprobs, rewards, offsets, z_logprob, z_reward, pacs, conflict, degenerate, BLOCK=GROUP_BLOCK
+            logprobs,
+            rewards,
+            offsets,
+            z_logprob,
+            z_reward,
+            pacs,
+            conflict,
+            degenerate,
+            STD_EPS=_core.Z_EPSILON,
+            DEGENERATE_STD=_core.DEGENERATE_STD,
+            BLOCK=GROUP_BLOCK,
         )
     return z_logprob, z_reward, pacs, conflict, degenerate
