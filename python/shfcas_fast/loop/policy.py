@@ -4,18 +4,20 @@ TRL removed PPO, which the paper used; GRPO is its online replacement here (SPEC
 
 Example:
 ```python
+>>> import tempfile
 >>> from datasets import Dataset
 >>> from trl import GRPOConfig
 >>> from shfcas_fast.loop.oracles import CallableOracle
 >>> from shfcas_fast.loop.policy import refine_policy_grpo
 >>> from shfcas_fast.loop.synthetic import build_tokenizer, tiny_causal_lm
 >>> tokenizer = build_tokenizer()
->>> args = GRPOConfig(output_dir="/tmp/grpo", max_steps=1, per_device_train_batch_size=4, num_generations=4,
-...                   max_completion_length=3, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
-...                   disable_tqdm=True)
 >>> oracle = CallableOracle(lambda prompts, completions: [len(c) for c in completions])
->>> policy = refine_policy_grpo(tiny_causal_lm(tokenizer, seed=0), tokenizer, oracle,
-...                             Dataset.from_dict({"prompt": ["drugs : how get -> "]}), args)
+>>> with tempfile.TemporaryDirectory() as output_dir:
+...     args = GRPOConfig(output_dir=output_dir, max_steps=1, per_device_train_batch_size=4, num_generations=4,
+...                       max_completion_length=3, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
+...                       disable_tqdm=True)
+...     policy = refine_policy_grpo(tiny_causal_lm(tokenizer, seed=0), tokenizer, oracle,
+...                                 Dataset.from_dict({"prompt": ["drugs : how get -> "]}), args)
 >>> policy.training
 False
 

@@ -2,14 +2,16 @@
 
 Example:
 ```python
+>>> import tempfile
 >>> from trl import RewardConfig
 >>> from shfcas_fast.loop.reward_model import train_reward_model
 >>> from shfcas_fast.loop.synthetic import SyntheticSafetyTask, build_tokenizer, tiny_reward_model
 >>> tokenizer = build_tokenizer()
->>> args = RewardConfig(output_dir="/tmp/rm", max_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-...                     bf16=False, disable_tqdm=True)
->>> model = train_reward_model(tiny_reward_model(tokenizer, seed=0), tokenizer,
-...                            SyntheticSafetyTask().proxy_preference_data(8, seed=0), args)
+>>> with tempfile.TemporaryDirectory() as output_dir:
+...     args = RewardConfig(output_dir=output_dir, max_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+...                         bf16=False, disable_tqdm=True)
+...     model = train_reward_model(tiny_reward_model(tokenizer, seed=0), tokenizer,
+...                                SyntheticSafetyTask().proxy_preference_data(8, seed=0), args)
 >>> model.config.num_labels
 1
 
