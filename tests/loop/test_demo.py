@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shfcas_fast.cli import app
+from shfcas_fast.loop.demo import DemoConfig, run_demo
 from shfcas_fast.loop.synthetic import POLICY_CATEGORIES, PROXY_CATEGORIES, SyntheticSafetyTask
 
 
@@ -50,6 +51,17 @@ def test_demo_statistics_against_numpy(demo_report):
         in_policy_only = [c in POLICY_CATEGORIES and c not in PROXY_CATEGORIES for c in selected]
         assert shares["policy"] == pytest.approx(np.mean(in_policy_only))
         assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_demo_refuses_another_config_in_the_same_directory(demo_report):
+    output, _, _ = demo_report
+    with pytest.raises(ValueError, match=r"holds a run with another config \(budget=2 there, 3 now\)"):
+        run_demo(DemoConfig(output_dir=str(output), num_seeds=2, budget=3, fast=True))
+
+
+def test_demo_config_rejects_a_strategy_that_is_no_conflict_measure(tmp_path):
+    with pytest.raises(ValueError, match="strategy"):
+        DemoConfig(output_dir=str(tmp_path), strategy="random")
 
 
 def test_gold_oracle_scores_distinct_words_over_length():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -67,7 +68,9 @@ def test_the_loop_runs_every_stage_and_writes_its_artefacts(reference_run):
 def test_a_finished_run_redoes_nothing(reference_run, tokenizer, task, pool):
     loop, results, _ = reference_run
     ran = []
-    rerun = SHFCASLoop(loop.config, loop.policy, tokenizer, loop.proxy, loop.oracle, loop.preference_data,
+    # Progress bars do not change what a run computes: toggling them still resumes.
+    config = dataclasses.replace(loop.config, progress=not loop.config.progress)
+    rerun = SHFCASLoop(config, loop.policy, tokenizer, loop.proxy, loop.oracle, loop.preference_data,
                        loop.pool_prompts, loop.eval_prompts, loop.eval_categories,
                        stage_hook=lambda r, stage: ran.append(stage))
     assert rerun.run() == results and ran == []
@@ -108,6 +111,22 @@ def test_the_no_feedback_arm_never_asks_the_oracle(tmp_path, policy, reward_mode
     assert set(loop.run()[0]["overall"]) >= {"mean_score", "mean_abs_pacs", "mean_tau"}
     assert json.loads((loop.round_dir(0) / "selected.json").read_text()) == []
     assert not (loop.round_dir(0) / "reward_model").exists()
+
+
+def test_a_rerun_with_another_config_is_refused(reference_run):
+    loop, _, _ = reference_run
+    changed = SHFCASLoop(dataclasses.replace(loop.config, budget=3), loop.policy, loop.processing_class, loop.proxy,
+                         loop.oracle, loop.preference_data, loop.pool_prompts, loop.eval_prompts, loop.eval_categories)
+    with pytest.raises(ValueError, match=r"holds a run with another config \(budget=2 there, 3 now\)"):
+        changed.run()
+
+
+def test_a_cost_proxy_cannot_seed_reward_model_refinement(tmp_path, policy, reward_model, tokenizer, task, pool):
+    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool)
+    config = dataclasses.replace(loop.config, reward_model_init="proxy")
+    with pytest.raises(ValueError, match="proxy.is_cost=True"):
+        SHFCASLoop(config, policy, tokenizer, RewardModelOracle(reward_model, tokenizer, is_cost=True), loop.oracle,
+                   loop.preference_data, loop.pool_prompts, loop.eval_prompts, loop.eval_categories)
 
 
 def test_config_rejects_bad_values(tmp_path):

@@ -29,7 +29,7 @@ from transformers import set_seed
 from trl import RewardConfig
 
 from .evaluation import evaluate_policy
-from .loop import LoopStrategy, SHFCASConfig, SHFCASLoop
+from .loop import LoopStrategy, SHFCASConfig, SHFCASLoop, _claim_output_dir
 from .oracles import CallableOracle, RewardModelOracle
 from .reward_model import train_reward_model
 from .synthetic import (
@@ -75,6 +75,10 @@ class DemoConfig:
     strategy: str = "pacs"
     fast: bool = False
     num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("pacs", "kendall"):
+            raise ValueError(f'strategy must be "pacs" or "kendall", got {self.strategy!r}')
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -250,9 +254,13 @@ def _pool_share() -> dict[str, float]:
 
 
 def run_demo(config: DemoConfig) -> DemoReport:
-    """Run every arm over every seed, write ``results.json`` and plots, and return the report."""
+    """Run every arm over every seed, write ``results.json`` and plots, and return the report.
+
+    A rerun into the same ``output_dir`` with the same config resumes (finished loop stages are loaded);
+    one with another config (``num_threads`` aside) is refused with a ValueError before any training.
+    """
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _claim_output_dir(output_dir, dataclasses.asdict(config), cosmetic=("output_dir", "num_threads"))
     threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:

@@ -14,8 +14,10 @@ One round = ``sample`` (N completions per pool prompt, policy log-probs, proxy r
 scores every completion of the selected prompts), ``pairs``, ``reward_model`` (retrained on the
 original preference data plus every new pair so far), ``policy`` (GRPO against the refined reward
 model, or DPO on the new pairs) and ``evaluate`` (held-out prompts, gold oracle). Each stage writes its
-artefacts under ``<output_dir>/round_<r>/`` and then, atomically and last, ``<stage>.done``; a rerun
-loads finished stages instead of redoing them, so a run killed anywhere resumes where it stopped.
+artefacts under ``<output_dir>/round_<r>/`` and then, atomically and last, ``<stage>.done.json``; a
+rerun loads finished stages instead of redoing them, so a run killed anywhere resumes where it stopped.
+``<output_dir>/config.json`` records the configuration: a rerun with a different one is refused rather
+than mixed with the old run's artefacts.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -33,13 +34,14 @@ from datasets import Dataset, concatenate_datasets, load_from_disk
 from transformers import set_seed
 from trl import DPOConfig, GRPOConfig, RewardConfig
 
+from ..io import atomic_output
 from ..scoring import ConflictScores, score, select
 from .evaluation import evaluate_policy
 from .oracles import Oracle, RewardModelOracle
 from .policy import refine_policy_dpo, refine_policy_grpo
 from .preference import preference_pairs
 from .reward_model import fresh_copy, train_reward_model
-from .sampling import SampledCompletions, sample_completions
+from .sampling import DEFAULT_NUM_GENERATIONS, DEFAULT_TEMPERATURE, SampledCompletions, sample_completions
 
 __all__ = ["SHFCASConfig", "SHFCASLoop", "STAGES"]
 
@@ -80,8 +82,8 @@ class SHFCASConfig:
     strategy: LoopStrategy = "pacs"
     budget: int | None = None
     threshold: float | None = None
-    num_generations: int = 8
-    temperature: float = 0.7
+    num_generations: int = DEFAULT_NUM_GENERATIONS
+    temperature: float = DEFAULT_TEMPERATURE
     max_new_tokens: int = 64
     sampling_batch_size: int = 16
     reward_model_init: Literal["fresh", "proxy"] = "fresh"
@@ -116,13 +118,32 @@ class SHFCASConfig:
             )
 
 
+#: Config fields that do not change what a run computes, so a rerun may change them.
+_COSMETIC_FIELDS = ("output_dir", "progress")
+
+
 def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    with atomic_output(path, overwrite=True) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def _claim_output_dir(output_dir: Path, config: dict[str, Any], cosmetic: Sequence[str]) -> None:
+    """Record ``config`` in ``output_dir/config.json``, or, when a run is already recorded there, check that
+    it had the same config (``cosmetic`` keys aside): resuming under another config would silently reuse
+    artefacts that the new config would not have produced."""
+    path = output_dir / "config.json"
+    current = json.loads(json.dumps(config))  # tuples -> lists, as they were stored
+    if not path.exists():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(current, indent=2))
+        return
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    for key in dict.fromkeys([*current, *stored]):
+        if key not in cosmetic and stored.get(key) != current.get(key):
+            raise ValueError(
+                f"{output_dir} holds a run with another config ({key}={stored.get(key)!r} there, "
+                f"{current.get(key)!r} now): choose another output directory, or delete this one to start over"
+            )
 
 
 class SHFCASLoop:
@@ -144,7 +165,8 @@ class SHFCASLoop:
         proxy: the proxy reward model as a :class:`RewardModelOracle` (``is_cost`` handled there).
         oracle: the feedback oracle (the human, or a gold model).
         preference_data: the proxy's original preference data (``prompt``, ``chosen``, ``rejected``,
-            ``margin``), which every retraining starts from.
+            ``margin``), which every retraining starts from. Reward-oriented whatever ``proxy.is_cost``
+            says: ``chosen`` is the better answer.
         pool_prompts: prompts to mine for conflict.
         eval_prompts, eval_categories: held-out prompts and their categories.
         eval_oracle: gold scorer of the evaluation (defaults to ``oracle``).
@@ -169,6 +191,11 @@ class SHFCASLoop:
     ) -> None:
         if not isinstance(proxy, RewardModelOracle):
             raise TypeError(f"proxy must be a RewardModelOracle, got {type(proxy).__name__}")
+        if proxy.is_cost and config.reward_model_init == "proxy":
+            # Refinement trains a reward (higher = better): starting from a cost model's weights inverts it.
+            raise ValueError(
+                'reward_model_init="proxy" needs a reward model, but proxy.is_cost=True; use reward_model_init="fresh"'
+            )
         self.config = config
         self.policy = policy
         self.processing_class = processing_class
@@ -186,7 +213,7 @@ class SHFCASLoop:
         return Path(self.config.output_dir) / f"round_{round_index}"
 
     def _marker(self, round_index: int, stage: str) -> Path:
-        return self.round_dir(round_index) / f"{stage}.done"
+        return self.round_dir(round_index) / f"{stage}.done.json"
 
     def is_done(self, round_index: int, stage: str) -> bool:
         return self._marker(round_index, stage).exists()
@@ -225,8 +252,7 @@ class SHFCASLoop:
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
         """Run (or resume) every round; returns each round's evaluation."""
-        Path(self.config.output_dir).mkdir(parents=True, exist_ok=True)
-        _write_atomic(Path(self.config.output_dir) / "config.json", json.dumps(dataclasses.asdict(self.config), indent=2))
+        _claim_output_dir(Path(self.config.output_dir), dataclasses.asdict(self.config), _COSMETIC_FIELDS)
         new_pairs: list[Dataset] = []
         results = []
         for round_index in range(self.config.num_rounds):
