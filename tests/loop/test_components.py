@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import random
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 from scipy.stats import kendalltau
+from transformers import TrainerControl, TrainerState
 from trl import DPOConfig, GRPOConfig, RewardConfig
 
 from shfcas_fast.loop import (
@@ -139,8 +142,56 @@ def test_file_oracle_ignores_a_torn_last_label_and_refuses_nan(tmp_path):
     with oracle.label_file.open("a") as handle:
         handle.write('{"key": "trunc')
     assert list(oracle.labels().values()) == [1.5]
+    # The next label replaces the torn line rather than being glued onto it.
+    oracle.record("p ", "b", 2.5)
+    assert sorted(oracle.labels().values()) == [1.5, 2.5]
     with pytest.raises(ValueError, match="finite"):
         oracle.record("p ", "b", math.nan)
+
+
+def test_file_oracle_refuses_a_corrupt_label_mid_file(tmp_path):
+    oracle = FileOracle(tmp_path)
+    oracle.record("p ", "a", 1.5)
+    with oracle.label_file.open("a") as handle:
+        handle.write("not json\n")
+    oracle.record("p ", "b", 2.5)
+    with pytest.raises(ValueError, match=r"labels\.jsonl:2: not a JSON label"):
+        oracle.labels()
+
+
+def test_file_oracle_names_the_row_of_a_score_that_is_no_number(tmp_path):
+    oracle = FileOracle(tmp_path)
+    with pytest.raises(LabelsPending):
+        oracle.score(["q ", "q "], ["a", "b"])
+    rows = [json.loads(line) for line in oracle.request_file.read_text().splitlines()]
+    rows[0]["score"], rows[1]["score"] = 1.0, ""
+    oracle.request_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match=r"requests\.jsonl: row 2: score must be a number, got ''"):
+        oracle.score(["q ", "q "], ["a", "b"])
+
+
+def test_a_tokenizer_without_eos_is_refused_up_front(policy, reward_model, tokenizer):
+    no_eos = copy.deepcopy(tokenizer)
+    no_eos.eos_token = None
+    with pytest.raises(ValueError, match="eos token"):
+        sample_completions(policy, no_eos, ["q "], num_generations=2, max_new_tokens=2)
+    with pytest.raises(ValueError, match="eos token"):
+        RewardModelOracle(reward_model, no_eos)
+
+
+def test_a_failed_forward_restores_the_training_mode(policy, reward_model, tokenizer, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    for model in (policy, reward_model):
+        model.train()
+    monkeypatch.setattr(policy, "generate", fail)
+    monkeypatch.setattr(reward_model, "forward", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sample_completions(policy, tokenizer, ["q "], num_generations=2, max_new_tokens=2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        RewardModelOracle(reward_model, tokenizer).score(["q "], ["a"])
+    assert policy.training and reward_model.training
 
 
 def test_conflict_summary_against_numpy_and_scipy():
@@ -191,6 +242,21 @@ def test_grpo_with_a_reward_model_and_the_conflict_monitor(policy, tokenizer, re
     assert [step for step, _ in monitor.history] == [1, 2]
     for _, summary in monitor.history:
         assert set(summary) >= {"mean_abs_pacs", "mean_tau", "high_conflict_share", "mean_score"}
+
+
+def test_the_conflict_monitor_leaves_the_global_random_state_alone(policy, tokenizer, task, pool):
+    monitor = ConflictMonitorCallback(pool[0][:2], CallableOracle(task.gold_scores), tokenizer,
+                                      every_n_steps=1, num_generations=3, max_new_tokens=4, seed=0)
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    before = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    state = TrainerState(global_step=1)
+    monitor.on_step_end(None, state, TrainerControl(), model=policy)
+    assert len(monitor.history) == 1
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    assert python_state == before[0]
+    assert numpy_state[0] == before[1][0] and np.array_equal(numpy_state[1], before[1][1])
+    assert numpy_state[2:] == before[1][2:]
+    assert torch.equal(torch_state, before[2])
 
 
 def test_dpo_on_pairs_prefers_the_chosen_answer(policy, tokenizer, tmp_path):

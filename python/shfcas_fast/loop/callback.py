@@ -15,15 +15,32 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Iterator
 from typing import Any, Sequence
 
+import numpy as np
+import torch
 from transformers import TrainerCallback
 
 from .evaluation import conflict_summary
 from .oracles import Oracle
-from .sampling import sample_completions
+from .sampling import DEFAULT_NUM_GENERATIONS, DEFAULT_TEMPERATURE, sample_completions
 
 __all__ = ["ConflictMonitorCallback"]
+
+
+@contextlib.contextmanager
+def _global_rng_preserved() -> Iterator[None]:
+    """Restore the Python, NumPy and torch global random states on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 class ConflictMonitorCallback(TrainerCallback):
@@ -34,7 +51,8 @@ class ConflictMonitorCallback(TrainerCallback):
     signature of reward hacking.
 
     The values are appended to the trainer's ``state.log_history`` and to :attr:`history` as
-    ``(global_step, summary)``.
+    ``(global_step, summary)``. Sampling seeds itself with ``seed``, so every check draws the same way;
+    the global random states are restored afterwards, so training goes on with its own random stream.
 
     Args:
         prompts: the held-out prompt pool.
@@ -51,8 +69,8 @@ class ConflictMonitorCallback(TrainerCallback):
         processing_class: Any,
         *,
         every_n_steps: int = 50,
-        num_generations: int = 8,
-        temperature: float = 0.7,
+        num_generations: int = DEFAULT_NUM_GENERATIONS,
+        temperature: float = DEFAULT_TEMPERATURE,
         max_new_tokens: int = 64,
         seed: int = 0,
     ) -> None:
@@ -73,15 +91,16 @@ class ConflictMonitorCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_n_steps != 0 or model is None:
             return control
-        samples = sample_completions(
-            model,
-            self.processing_class,
-            self.prompts,
-            num_generations=self.num_generations,
-            temperature=self.temperature,
-            max_new_tokens=self.max_new_tokens,
-            seed=self.seed,
-        )
+        with _global_rng_preserved():
+            samples = sample_completions(
+                model,
+                self.processing_class,
+                self.prompts,
+                num_generations=self.num_generations,
+                temperature=self.temperature,
+                max_new_tokens=self.max_new_tokens,
+                seed=self.seed,
+            )
         scores = self.oracle.score(samples.completion_prompts, samples.completions)
         summary = conflict_summary(samples.logprobs, scores, self.num_generations)
         self.history.append((state.global_step, summary))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..scoring import DEFAULT_PACS_THRESHOLD, score
 from .oracles import Oracle
-from .sampling import sample_completions
+from .sampling import DEFAULT_NUM_GENERATIONS, DEFAULT_TEMPERATURE, sample_completions
 
 __all__ = ["conflict_summary", "evaluate_policy"]
 
@@ -46,8 +46,8 @@ def evaluate_policy(
     categories: Sequence[str],
     oracle: Oracle,
     *,
-    num_generations: int = 8,
-    temperature: float = 0.7,
+    num_generations: int = DEFAULT_NUM_GENERATIONS,
+    temperature: float = DEFAULT_TEMPERATURE,
     max_new_tokens: int = 64,
     seed: int = 0,
     progress: bool = False,

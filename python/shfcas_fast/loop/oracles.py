@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from .._validation import as_float_vector
+from ..io import write_table
 
 __all__ = ["Oracle", "RewardModelOracle", "CallableOracle", "FileOracle", "LabelsPending", "label_key"]
 
@@ -70,6 +72,8 @@ class RewardModelOracle:
             raise ValueError(f"model must have num_labels=1 (one reward), got {getattr(model.config, 'num_labels', None)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if processing_class.eos_token is None:
+            raise ValueError("processing_class needs an eos token: RewardTrainer ends every scored text with it")
         self.model = model
         self.processing_class = processing_class
         self.is_cost = is_cost
@@ -84,16 +88,18 @@ class RewardModelOracle:
         self.model.eval()
         outputs = []
         device = next(self.model.parameters()).device
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.processing_class(
-                texts[start : start + self.batch_size],
-                padding=True,
-                padding_side="right",
-                add_special_tokens=False,
-                return_tensors="pt",
-            ).to(device)
-            outputs.append(self.model(**batch).logits[:, 0].double().cpu())
-        self.model.train(was_training)
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.processing_class(
+                    texts[start : start + self.batch_size],
+                    padding=True,
+                    padding_side="right",
+                    add_special_tokens=False,
+                    return_tensors="pt",
+                ).to(device)
+                outputs.append(self.model(**batch).logits[:, 0].double().cpu())
+        finally:
+            self.model.train(was_training)
         scores = torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float64)
         return -scores if self.is_cost else scores
 
@@ -137,6 +143,23 @@ class LabelsPending(RuntimeError):
         super().__init__(f"{missing} completion(s) await a score in {request_file}; fill the 'score' column and rerun")
         self.request_file = request_file
         self.missing = missing
+
+
+_REQUEST_SCHEMA = pa.schema(
+    [("key", pa.string()), ("prompt", pa.string()), ("completion", pa.string()), ("score", pa.float64())]
+)
+
+
+def _drop_torn_last_line(path: Path) -> None:
+    """Cut a torn last line (no final newline) off ``path`` so that the next append starts a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        handle.seek(0)
+        handle.truncate(handle.read().rfind(b"\n") + 1)
 
 
 class FileOracle:
@@ -188,25 +211,35 @@ class FileOracle:
         return self.directory / "labels.jsonl"
 
     def labels(self) -> dict[str, float]:
-        """Every stored label, by :func:`label_key` (a torn last line from a crash is ignored)."""
+        """Every stored label, by :func:`label_key`.
+
+        A torn last line (a crash in the middle of :meth:`record`, which writes the newline last) is
+        ignored; any other unreadable line raises ValueError naming ``file:line``.
+        """
         if not self.label_file.exists():
             return {}
         stored = {}
-        with self.label_file.open(encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                stored[row["key"]] = float(row["score"])
+        lines = self.label_file.read_text(encoding="utf-8").splitlines(keepends=True)
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                if number == len(lines) and not line.endswith("\n"):
+                    break
+                raise ValueError(f"{self.label_file}:{number}: not a JSON label: {err}") from err
+            stored[row["key"]] = float(row["score"])
         return stored
 
     def record(self, prompt: str, completion: str, score: float) -> None:
         """Store one label durably (append + fsync) the moment it arrives."""
-        value = float(score)
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            raise ValueError(f"score must be a number, got {score!r}") from None
         if not np.isfinite(value):
             raise ValueError(f"score must be finite, got {score!r}")
         self.directory.mkdir(parents=True, exist_ok=True)
+        _drop_torn_last_line(self.label_file)
         row = {"key": label_key(prompt, completion), "prompt": prompt, "completion": completion, "score": value}
         with self.label_file.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -225,23 +258,17 @@ class FileOracle:
 
     def _write_requests(self, rows: list[dict]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self.request_file.with_suffix(self.request_file.suffix + ".tmp")
-        if self.file_format == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            schema = pa.schema([("key", pa.string()), ("prompt", pa.string()), ("completion", pa.string()), ("score", pa.float64())])
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
-        else:
-            temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        os.replace(temporary, self.request_file)
+        write_table(self.request_file, pa.Table.from_pylist(rows, schema=_REQUEST_SCHEMA), overwrite=True)
 
     def score(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         _check_lengths(prompts, completions)
         stored = self.labels()
-        for row in self._read_requests():
+        for number, row in enumerate(self._read_requests(), start=1):
             if row.get("score") is not None and row["key"] not in stored:
-                self.record(row["prompt"], row["completion"], row["score"])
+                try:
+                    self.record(row["prompt"], row["completion"], row["score"])
+                except ValueError as err:
+                    raise ValueError(f"{self.request_file}: row {number}: {err}") from err
                 stored[row["key"]] = float(row["score"])
         keys = [label_key(p, c) for p, c in zip(prompts, completions)]
         missing = {}

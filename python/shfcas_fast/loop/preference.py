@@ -18,6 +18,7 @@ from datasets import Dataset
 
 from .._validation import as_float_vector
 from ..pairs import preference_pair_indices
+from .oracles import _check_lengths
 
 __all__ = ["preference_pairs", "PREFERENCE_COLUMNS"]
 
@@ -41,10 +42,7 @@ def preference_pairs(
         A ``Dataset`` with columns ``prompt``, ``chosen``, ``rejected`` and ``margin`` (the positive score
         difference), in group order.
     """
-    if len(prompts) != len(completions):
-        raise ValueError(
-            f"prompts and completions must have the same length, got {len(prompts)} and {len(completions)}"
-        )
+    _check_lengths(prompts, completions)
     scores = as_float_vector(oracle_scores, "oracle_scores")
     if scores.shape[0] != len(completions):
         raise ValueError(

@@ -115,9 +115,36 @@ def sample_completions(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if processing_class.pad_token_id is None:
         raise ValueError("processing_class needs a pad token to batch prompts")
+    if processing_class.eos_token_id is None:
+        raise ValueError("processing_class needs an eos token to end completions")
     set_seed(seed)
     was_training = model.training
     model.eval()
+    try:
+        completions, logprobs = _sample_batches(
+            model, processing_class, prompts, num_generations, temperature, max_new_tokens, batch_size, progress
+        )
+    finally:
+        model.train(was_training)
+    return SampledCompletions(
+        prompts=list(prompts),
+        completions=completions,
+        logprobs=torch.cat(logprobs).numpy() if logprobs else np.zeros(0, dtype=np.float64),
+        num_generations=num_generations,
+    )
+
+
+def _sample_batches(
+    model: Any,
+    processing_class: Any,
+    prompts: Sequence[str],
+    num_generations: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
+) -> tuple[list[str], list[torch.Tensor]]:
+    """The completions and float64 log-probs of :func:`sample_completions`, batch by batch."""
     device = next(model.parameters()).device
     completions: list[str] = []
     logprobs: list[torch.Tensor] = []
@@ -149,10 +176,4 @@ def sample_completions(
         response_mask = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.bool), response], dim=1)
         logprobs.append(policy_logprobs(model, sequences, attention_mask, response_mask).double().cpu())
         completions.extend(processing_class.batch_decode(generated, skip_special_tokens=True))
-    model.train(was_training)
-    return SampledCompletions(
-        prompts=list(prompts),
-        completions=completions,
-        logprobs=torch.cat(logprobs).numpy() if logprobs else np.zeros(0, dtype=np.float64),
-        num_generations=num_generations,
-    )
+    return completions, logprobs
