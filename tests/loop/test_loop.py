@@ -60,7 +60,7 @@ def test_the_loop_runs_every_stage_and_writes_its_artefacts(reference_run):
     selected = json.loads((round_dir / "selected.json").read_text())
     feedback = json.loads((round_dir / "feedback.json").read_text())
     assert len(selected) == 2 and len(feedback) == 2 * 4
-    for artefact in ("samples.json", "scores.npz", "pairs", "reward_model", "policy", "evaluation.json"):
+    for artefact in ("samples.json", "scores.npz", "pairs.json", "reward_model", "policy", "evaluation.json"):
         assert (round_dir / artefact).exists(), artefact
     assert results[0] == json.loads((round_dir / "evaluation.json").read_text())
 
@@ -108,9 +108,12 @@ def test_the_no_feedback_arm_never_asks_the_oracle(tmp_path, policy, reward_mode
     loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, strategy="none", budget=None)
     loop.oracle = CallableOracle(refuse)
     loop.eval_oracle = CallableOracle(task.gold_scores)
-    assert set(loop.run()[0]["overall"]) >= {"mean_score", "mean_abs_pacs", "mean_tau"}
+    results = loop.run()
+    assert set(results[0]["overall"]) >= {"mean_score", "mean_abs_pacs", "mean_tau"}
     assert json.loads((loop.round_dir(0) / "selected.json").read_text()) == []
     assert not (loop.round_dir(0) / "reward_model").exists()
+    # Resuming loads the empty pairs of this arm back.
+    assert loop.run() == results
 
 
 def test_a_rerun_with_another_config_is_refused(reference_run):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
-from datasets import Dataset, concatenate_datasets, load_from_disk
+from datasets import Dataset, concatenate_datasets
 from transformers import set_seed
 from trl import DPOConfig, GRPOConfig, RewardConfig
 
@@ -341,14 +341,17 @@ class SHFCASLoop:
         return scores
 
     def _pairs(self, round_index: int, samples: SampledCompletions, selected: np.ndarray, feedback: np.ndarray) -> Dataset:
-        path = self.round_dir(round_index) / "pairs"
+        # JSON rather than save_to_disk: datasets cannot load back an empty saved dataset (no selection).
+        path = self.round_dir(round_index) / "pairs.json"
+        features = self.preference_data.features
         if self.is_done(round_index, "pairs"):
-            return load_from_disk(str(path))
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            return Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
         started = time.perf_counter()
         prompts, completions = self._selected_items(samples, selected)
         sizes = np.full(len(selected), samples.num_generations, dtype=np.int64)
-        pairs = preference_pairs(prompts, completions, feedback, sizes).cast(self.preference_data.features)
-        pairs.save_to_disk(str(path))
+        pairs = preference_pairs(prompts, completions, feedback, sizes).cast(features)
+        _write_atomic(path, json.dumps(pairs.to_list()))
         self._finish(round_index, "pairs", started)
         return pairs
 
