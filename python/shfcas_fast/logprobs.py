@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from . import _core
 from ._validation import as_float_pair, group_offsets
 from .scoring import ConflictScores, kendall_tau, score
+
+if TYPE_CHECKING:  # transformers is only needed by the caller that passes a model
+    from transformers import PreTrainedModel
 
 __all__ = [
     "sequence_logprobs",
@@ -250,7 +253,7 @@ def score_logits(
 
 
 def policy_logprobs(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     response_mask: torch.Tensor,

@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -72,7 +72,7 @@ class DemoConfig:
     output_dir: str
     num_seeds: int = 10
     budget: int = 12
-    strategy: str = "pacs"
+    strategy: Literal["pacs", "kendall"] = "pacs"
     fast: bool = False
     num_threads: int = 1
 
@@ -81,7 +81,7 @@ class DemoConfig:
             raise ValueError(f'strategy must be "pacs" or "kendall", got {self.strategy!r}')
 
     @property
-    def arms(self) -> tuple[str, ...]:
+    def arms(self) -> tuple[LoopStrategy, ...]:
         return ("none", "random", self.strategy)
 
     @property
