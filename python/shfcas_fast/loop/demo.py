@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import set_seed
 from trl import RewardConfig
 
@@ -279,7 +280,8 @@ def _run_seeds(config: DemoConfig, output_dir: Path) -> DemoReport:
     results: dict[str, list] = {arm: [] for arm in config.arms}
     selected_categories: dict[str, list] = {arm: [] for arm in config.arms}
     base = []
-    for seed in range(config.num_seeds):
+    # disable=None: a bar on a terminal, nothing in logs and CI.
+    for seed in tqdm(range(config.num_seeds), desc="demo seeds", unit="seed", disable=None):
         set_seed(seed)
         policy = tiny_causal_lm(tokenizer, seed)
         texts = task.policy_training_texts(600 if config.fast else 3000, seed=seed)
