@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -133,3 +135,103 @@ def test_a_million_rows(tmp_path, invoke):
     sample = scored.filter(pa.compute.is_in(scored["prompt"], pa.array(np.char.add("prompt ", chosen.astype(str)))))
     assert sample.num_rows == 2400
     assert_scores_match_reference(sample, sample["logprob"].to_numpy(), sample["reward"].to_numpy())
+
+
+def adjacent_prompts_table(seed: int) -> pa.Table:
+    """Prompts of 1 to 29 adjacent rows (one of 40 rows, longer than small batches), per-token
+    log-prob lists and a few non-finite values, including every row of one prompt."""
+    rng = np.random.default_rng(seed)
+    sizes = np.append(rng.integers(1, 30, size=30), 40)
+    prompt_ids = np.repeat(np.arange(sizes.shape[0]), sizes)
+    n = prompt_ids.shape[0]
+    tokens = [list(-rng.exponential(size=length)) for length in rng.integers(0, 5, size=n)]
+    reward = rng.normal(size=n)
+    reward[[5, n // 2]] = [np.nan, np.inf]
+    reward[prompt_ids == 3] = np.nan
+    return pa.table(
+        {
+            "prompt": pa.array(np.char.add("prompt ", prompt_ids.astype(str))),
+            "completion": pa.array(np.char.add("completion ", np.arange(n).astype(str))),
+            "token_logprobs": tokens,
+            "reward": reward,
+        }
+    )
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_grouped_streaming_writes_what_two_passes_write(tmp_path, invoke, batch_size):
+    source = tmp_path / "adjacent.parquet"
+    pq.write_table(adjacent_prompts_table(seed=7), source, row_group_size=13)
+    options = ["--logprob-column", "token_logprobs", "--nan-policy", "omit", "--batch-size", batch_size]
+    two_passes, one_pass = tmp_path / "two.parquet", tmp_path / "one.parquet"
+    expected = invoke("score", source, "-o", two_passes, *options)
+    result = invoke("score", source, "-o", one_pass, *options, "--grouped")
+    assert expected.exit_code == 0 and result.exit_code == 0, result.output
+    assert result.stderr.replace(str(one_pass), str(two_passes)) == expected.stderr
+    streamed, expected_table = pq.read_table(one_pass), pq.read_table(two_passes)
+    assert streamed.schema == expected_table.schema
+    inputs = expected_table.column_names[: -len(SCORE_COLUMNS)]
+    assert streamed.select(inputs).equals(expected_table.select(inputs))
+    for name in SCORE_COLUMNS:  # assert_array_equal takes NaN (a degenerate prompt's tau) as equal to NaN
+        np.testing.assert_array_equal(streamed[name].to_numpy(), expected_table[name].to_numpy(), err_msg=name)
+
+
+def test_grouped_nan_error_names_the_file_row(tmp_path, invoke):
+    source = tmp_path / "adjacent.parquet"
+    pq.write_table(adjacent_prompts_table(seed=7), source)
+    options = ["--logprob-column", "token_logprobs", "--batch-size", 3, "--grouped"]
+    result = invoke("score", source, "-o", tmp_path / "out.parquet", *options)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: row 5 (0-based): column 'reward' is missing or nan; fix the input or pass --nan-policy omit\n"
+    )
+
+
+def test_grouped_refuses_scattered_prompts_and_writes_nothing(tmp_path, completions_file, invoke):
+    output = tmp_path / "scored.parquet"
+    result = invoke("score", completions_file, "-o", output, "--grouped", "--batch-size", 100)
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: row ")
+    assert "drop --grouped" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == [completions_file.name]
+
+
+# Runs the command line, then prints the process's peak resident memory. VmHWM is the peak of this
+# program only: ru_maxrss would include the test process's own peak, inherited through fork and exec.
+_PEAK_MEMORY_PROGRAM = """
+import atexit, sys
+from shfcas_fast.cli import main
+atexit.register(lambda: print(next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))))
+sys.argv[0] = "shfcas"
+main()
+"""
+
+
+def peak_memory_bytes(arguments: list[str]) -> int:
+    """The peak resident memory of ``shfcas ARGUMENTS...`` run in a fresh process."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY_PROGRAM, *arguments], capture_output=True, text=True, check=True
+    )
+    return int(result.stdout.split()[-2]) * 1024  # "VmHWM:  123456 kB"
+
+
+def test_grouped_streaming_memory_is_bounded_by_the_batch(tmp_path):
+    rows = 2_000_000
+    prompt_ids = pa.array(np.repeat(np.arange(rows // 8), 8).astype(np.int32))
+    long_prompt = pa.scalar("a prompt long enough to dominate the scored columns " * 4)
+    source = tmp_path / "adjacent.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "prompt": pa.compute.binary_join_element_wise(long_prompt, pa.compute.cast(prompt_ids, pa.string()), ""),
+                "logprob": np.random.default_rng(8).normal(size=rows),
+                "reward": np.random.default_rng(9).normal(size=rows),
+            }
+        ),
+        source,
+        row_group_size=65536,
+    )
+    command = ["score", str(source), "-o", str(tmp_path / "out.parquet"), "-q", "--overwrite"]
+    command += ["--batch-size", "65536"]
+    two_passes, one_pass = peak_memory_bytes(command), peak_memory_bytes([*command, "--grouped"])
+    assert one_pass < 0.6 * two_passes, f"peak MiB: two passes {two_passes >> 20}, --grouped {one_pass >> 20}"

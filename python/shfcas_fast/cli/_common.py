@@ -139,10 +139,11 @@ def float_column(column: pa.Array | pa.ChunkedArray, name: str, *, allow_lists: 
     return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 
-def finite_rows(values: Mapping[str, np.ndarray], nan_policy: NanPolicy) -> np.ndarray | None:
+def finite_rows(values: Mapping[str, np.ndarray], nan_policy: NanPolicy, *, first_row: int = 0) -> np.ndarray | None:
     """The mask of rows to keep, or ``None`` when every value is finite.
 
-    With ``NanPolicy.RAISE`` a non-finite value raises a ValueError naming its row and column.
+    With ``NanPolicy.RAISE`` a non-finite value raises a ValueError naming its row and column; rows
+    are numbered from ``first_row``, the file row of the values' first row when they are one batch.
     """
     # NaN and infinities survive a sum, so a finite sum clears a column in one cheap pass (an
     # overflowing sum merely falls through to the exact check).
@@ -158,4 +159,6 @@ def finite_rows(values: Mapping[str, np.ndarray], nan_policy: NanPolicy) -> np.n
     row = int(np.argmax(bad))
     name, column = next((name, column) for name, column in values.items() if not np.isfinite(column[row]))
     what = "missing or nan" if np.isnan(column[row]) else str(column[row])
-    raise ValueError(f"row {row} (0-based): column {name!r} is {what}; fix the input or pass --nan-policy omit")
+    raise ValueError(
+        f"row {first_row + row} (0-based): column {name!r} is {what}; fix the input or pass --nan-policy omit"
+    )
