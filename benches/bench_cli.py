@@ -6,15 +6,14 @@ python benches/bench_cli.py                  # 10M rows, prompts of 8, adjacent 
 python benches/bench_cli.py --rows 1000000   # a quick check
 ```
 
-Each command runs as a real subprocess (start-up included); wall time and peak resident memory come
-from the child's own resource usage (``os.wait4``). The scored columns (prompt, log-prob, reward) are what
+Each command runs as a real subprocess (start-up included) and reports its own peak resident memory. The scored columns (prompt, log-prob, reward) are what
 ``score`` must hold in memory; peak memory is reported as a multiple of their in-memory size.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import subprocess
 import tempfile
 import time
@@ -47,16 +46,26 @@ def generate(path: Path, rows: int, shuffle: bool, seed: int = 0) -> int:
     return table.select(["prompt", "logprob", "reward"]).nbytes
 
 
-def run(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak resident GiB of one child process."""
+# Runs the CLI and, at exit, writes its own peak resident memory (VmHWM, which starts afresh at exec;
+# the child's ru_maxrss would instead include its parent's, inherited through fork).
+_PEAK_WRAPPER = """
+import atexit, sys
+def _report_peak(path=sys.argv[1]):
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    open(path, "w").write(peak.split()[1])
+atexit.register(_report_peak)
+sys.argv = ["shfcas", *sys.argv[2:]]
+from shfcas_fast.cli import main
+main()
+"""
+
+
+def run(arguments: list[str], peak_file: Path) -> tuple[float, float]:
+    """Wall seconds and peak resident GiB of ``shfcas ARGUMENTS`` in a child process."""
     start = time.perf_counter()
-    child = subprocess.Popen(command)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN
+    subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), *arguments], check=True)
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, command)
-    return seconds, usage.ru_maxrss / 2**20
+    return seconds, int(peak_file.read_text()) / 2**20
 
 
 def main() -> None:
@@ -70,11 +79,14 @@ def main() -> None:
             source, scored, selected = (Path(tmp) / f"{label}_{name}.parquet" for name in ("in", "scored", "sel"))
             needed = generate(source, args.rows, shuffle)
             commands = {
-                "score": ["shfcas", "score", str(source), "-o", str(scored), "-q"],
-                "select --budget 10000": ["shfcas", "select", str(scored), "-o", str(selected), "--budget", "10000", "-q"],
+                "score": ["score", str(source), "-o", str(scored), "-q", "--overwrite"],
+                "select --budget 10000": ["select", str(scored), "-o", str(selected), "--budget", "10000", "-q"],
             }
+            if not shuffle:
+                grouped = ["score", str(source), "-o", str(scored), "-q", "--overwrite", "--grouped"]
+                commands = {"score --grouped": grouped, **commands}
             for name, command in commands.items():
-                seconds, peak_gib = run(command)
+                seconds, peak_gib = run(command, Path(tmp) / "peak_kib")
                 ratio = peak_gib * 2**30 / needed
                 print(f"| {args.rows:,} rows, {label} | `shfcas {name}` | {seconds:.2f} s | {peak_gib:.2f} GiB | {ratio:.1f} |")
 

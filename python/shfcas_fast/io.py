@@ -149,8 +149,9 @@ def iter_batches(
     _check_readable(path)
     with _reading(path):
         if fmt == "parquet":
-            # Pre-buffering fetches a row group's column chunks in a few large reads.
-            batches = pq.ParquetFile(path, pre_buffer=True).iter_batches(batch_size=batch_size, columns=columns)
+            # No pre-buffering: it holds a whole row group's column chunks at once (~150 MB more at
+            # the peak on 1M-row groups) for no measurable speed-up on a local disk.
+            batches = pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
         else:
             batches = _open_text_reader(path, fmt, columns)
         for batch in batches:
