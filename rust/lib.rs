@@ -20,6 +20,8 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::scoring::Wanted;
+
 /// A 1-D float array from Python, borrowed without copying.
 #[derive(FromPyObject)]
 enum FloatArray<'py> {
@@ -104,29 +106,6 @@ fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyR
     outcome.map_err(PyRuntimeError::new_err)
 }
 
-/// The outputs a grouped call returns.
-#[derive(Clone, Copy)]
-struct Wanted {
-    z_scores: bool,
-    pacs: bool,
-    conflict: bool,
-    kendall: bool,
-}
-
-/// Outputs of a grouped call; `None` where not wanted.
-struct GroupedOutputs {
-    z_logprob: Option<Vec<f64>>,
-    z_reward: Option<Vec<f64>>,
-    pacs: Option<Vec<f64>>,
-    group_conflict: Option<Vec<f64>>,
-    kendall_tau: Option<Vec<f64>>,
-    degenerate: Option<Vec<bool>>,
-}
-
-fn zeros<T: Clone + Default>(len: usize, wanted: bool) -> Option<Vec<T>> {
-    wanted.then(|| vec![T::default(); len])
-}
-
 /// Scores grouped items after checking the two arrays and the offsets.
 fn score_grouped<'py>(
     py: Python<'py>,
@@ -134,43 +113,16 @@ fn score_grouped<'py>(
     names: (&str, &str),
     offsets: &PyReadonlyArray1<'py, i64>,
     wanted: Wanted,
-) -> PyResult<GroupedOutputs> {
+) -> PyResult<scoring::Scores> {
     let pair = same_typed(x.as_slice(names.0)?, y.as_slice(names.1)?, names)?;
     let offsets = offsets
         .as_slice()
         .map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
     groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
-    let (n, g) = (pair.len(), offsets.len() - 1);
-    run_detached(py, || {
-        let mut outputs = GroupedOutputs {
-            z_logprob: zeros(n, wanted.z_scores),
-            z_reward: zeros(n, wanted.z_scores),
-            pacs: zeros(n, wanted.pacs),
-            group_conflict: zeros(g, wanted.conflict),
-            kendall_tau: zeros(g, wanted.kendall),
-            degenerate: zeros(g, wanted.conflict),
-        };
-        let out = scoring::ScoreOutputs {
-            z_logprob: outputs.z_logprob.as_deref_mut(),
-            z_reward: outputs.z_reward.as_deref_mut(),
-            pacs: outputs.pacs.as_deref_mut(),
-            group_conflict: outputs.group_conflict.as_deref_mut(),
-            kendall_tau: outputs.kendall_tau.as_deref_mut(),
-            degenerate: outputs.degenerate.as_deref_mut(),
-        };
-        match pair {
-            Pair::F64(a, b) => scoring::score_into(a, b, offsets, out),
-            Pair::F32(a, b) => scoring::score_into(a, b, offsets, out),
-        }
-        outputs
+    run_detached(py, || match pair {
+        Pair::F64(a, b) => scoring::score(a, b, offsets, wanted),
+        Pair::F32(a, b) => scoring::score(a, b, offsets, wanted),
     })
-}
-
-/// The output a [`Wanted`] flag asked for, handed to numpy without a copy.
-fn wanted<'py, T: numpy::Element>(py: Python<'py>, values: Option<Vec<T>>) -> PyResult<Bound<'py, PyArray1<T>>> {
-    values
-        .map(|v| v.into_pyarray(py))
-        .ok_or_else(|| PyRuntimeError::new_err("internal error: an output was not computed"))
 }
 
 /// Index of the first NaN or infinite value, or None.
@@ -191,14 +143,14 @@ fn pacs<'py>(
     rewards: FloatArray<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let only_pacs = Wanted {
-        z_scores: false,
-        pacs: true,
-        conflict: false,
-        kendall: false,
-    };
-    let arrays = score_grouped(py, (&logprobs, &rewards), ("logprobs", "rewards"), &offsets, only_pacs)?;
-    wanted(py, arrays.pacs)
+    let s = score_grouped(
+        py,
+        (&logprobs, &rewards),
+        ("logprobs", "rewards"),
+        &offsets,
+        Wanted::PACS,
+    )?;
+    Ok(s.pacs.into_pyarray(py))
 }
 
 /// Every conflict measure: (z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate).
@@ -217,20 +169,20 @@ fn score<'py>(
     Bound<'py, PyArray1<f64>>,
     Bound<'py, PyArray1<bool>>,
 )> {
-    let all = Wanted {
-        z_scores: true,
-        pacs: true,
-        conflict: true,
-        kendall: true,
-    };
-    let arrays = score_grouped(py, (&logprobs, &rewards), ("logprobs", "rewards"), &offsets, all)?;
+    let s = score_grouped(
+        py,
+        (&logprobs, &rewards),
+        ("logprobs", "rewards"),
+        &offsets,
+        Wanted::ALL,
+    )?;
     Ok((
-        wanted(py, arrays.z_logprob)?,
-        wanted(py, arrays.z_reward)?,
-        wanted(py, arrays.pacs)?,
-        wanted(py, arrays.group_conflict)?,
-        wanted(py, arrays.kendall_tau)?,
-        wanted(py, arrays.degenerate)?,
+        s.z_logprob.into_pyarray(py),
+        s.z_reward.into_pyarray(py),
+        s.pacs.into_pyarray(py),
+        s.group_conflict.into_pyarray(py),
+        s.kendall_tau.into_pyarray(py),
+        s.degenerate.into_pyarray(py),
     ))
 }
 
@@ -242,14 +194,8 @@ fn kendall_tau_grouped<'py>(
     y: FloatArray<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let only_kendall = Wanted {
-        z_scores: false,
-        pacs: false,
-        conflict: false,
-        kendall: true,
-    };
-    let arrays = score_grouped(py, (&x, &y), ("x", "y"), &offsets, only_kendall)?;
-    wanted(py, arrays.kendall_tau)
+    let s = score_grouped(py, (&x, &y), ("x", "y"), &offsets, Wanted::KENDALL)?;
+    Ok(s.kendall_tau.into_pyarray(py))
 }
 
 /// tau-b over all items, O(n log n).

@@ -9,7 +9,37 @@ pub const Z_EPSILON: f64 = 1e-8;
 /// A prompt whose log-prob or reward standard deviation is below this is degenerate.
 pub const DEGENERATE_STD: f64 = 1e-6;
 
-/// Every per-item and per-group output of [`score`], owned.
+/// Which outputs [`score`] computes.
+#[derive(Clone, Copy)]
+pub struct Wanted {
+    pub z_scores: bool,
+    pub pacs: bool,
+    pub conflict: bool,
+    pub kendall: bool,
+}
+
+impl Wanted {
+    pub const ALL: Wanted = Wanted {
+        z_scores: true,
+        pacs: true,
+        conflict: true,
+        kendall: true,
+    };
+    pub const PACS: Wanted = Wanted {
+        z_scores: false,
+        pacs: true,
+        conflict: false,
+        kendall: false,
+    };
+    pub const KENDALL: Wanted = Wanted {
+        z_scores: false,
+        pacs: false,
+        conflict: false,
+        kendall: true,
+    };
+}
+
+/// The outputs of [`score`], owned; an output not wanted is empty.
 pub struct Scores {
     pub z_logprob: Vec<f64>,
     pub z_reward: Vec<f64>,
@@ -138,24 +168,25 @@ pub fn score_into<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], out: 
     });
 }
 
-/// Every output of [`score_into`], in freshly allocated vectors.
-pub fn score<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64]) -> Scores {
+/// The `wanted` outputs of [`score_into`], in freshly allocated vectors.
+pub fn score<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], wanted: Wanted) -> Scores {
     let (n, g) = (logprobs.len(), offsets.len().saturating_sub(1));
+    let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
     let mut s = Scores {
-        z_logprob: vec![0.0; n],
-        z_reward: vec![0.0; n],
-        pacs: vec![0.0; n],
-        group_conflict: vec![0.0; g],
-        kendall_tau: vec![0.0; g],
-        degenerate: vec![false; g],
+        z_logprob: zeros(wanted.z_scores, n),
+        z_reward: zeros(wanted.z_scores, n),
+        pacs: zeros(wanted.pacs, n),
+        group_conflict: zeros(wanted.conflict, g),
+        kendall_tau: zeros(wanted.kendall, g),
+        degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
     };
     let out = ScoreOutputs {
-        z_logprob: Some(&mut s.z_logprob),
-        z_reward: Some(&mut s.z_reward),
-        pacs: Some(&mut s.pacs),
-        group_conflict: Some(&mut s.group_conflict),
-        kendall_tau: Some(&mut s.kendall_tau),
-        degenerate: Some(&mut s.degenerate),
+        z_logprob: wanted.z_scores.then_some(s.z_logprob.as_mut_slice()),
+        z_reward: wanted.z_scores.then_some(s.z_reward.as_mut_slice()),
+        pacs: wanted.pacs.then_some(s.pacs.as_mut_slice()),
+        group_conflict: wanted.conflict.then_some(s.group_conflict.as_mut_slice()),
+        kendall_tau: wanted.kendall.then_some(s.kendall_tau.as_mut_slice()),
+        degenerate: wanted.conflict.then_some(s.degenerate.as_mut_slice()),
     };
     score_into(logprobs, rewards, offsets, out);
     s
@@ -167,7 +198,7 @@ mod tests {
 
     #[test]
     fn two_items_give_plus_minus_two() {
-        let s = score(&[-3.0f64, -1.0], &[1.0, 0.0], &[0, 2]);
+        let s = score(&[-3.0f64, -1.0], &[1.0, 0.0], &[0, 2], Wanted::ALL);
         assert!((s.pacs[0] - 2.0).abs() < 1e-7 && (s.pacs[1] + 2.0).abs() < 1e-7);
         assert!((s.group_conflict[0] - 2.0).abs() < 1e-7);
         assert_eq!(s.kendall_tau[0], -1.0);
@@ -179,7 +210,7 @@ mod tests {
         // Sizes 0, 1, constant rewards, then a proper group.
         let l = [1.0f32, 1.0, 2.0, 3.0, 0.0, 1.0];
         let r = [5.0f32, 2.0, 2.0, 2.0, 0.0, 1.0];
-        let s = score(&l, &r, &[0, 0, 1, 4, 6]);
+        let s = score(&l, &r, &[0, 0, 1, 4, 6], Wanted::ALL);
         assert_eq!(s.degenerate, vec![true, true, true, false]);
         assert!(s.pacs[..4].iter().all(|&p| p == 0.0));
         assert_eq!(&s.group_conflict[..3], &[0.0, 0.0, 0.0]);
@@ -191,7 +222,7 @@ mod tests {
     fn mean_square_pacs_is_two_minus_two_pearson() {
         let l: Vec<f64> = (0..8).map(|i| ((i * 37) % 11) as f64 * 0.3).collect();
         let r: Vec<f64> = (0..8).map(|i| ((i * 17) % 7) as f64 - 2.0).collect();
-        let s = score(&l, &r, &[0, 8]);
+        let s = score(&l, &r, &[0, 8], Wanted::ALL);
         let mean_sq = s.pacs.iter().map(|p| p * p).sum::<f64>() / 8.0;
         let rho = s.z_logprob.iter().zip(&s.z_reward).map(|(a, b)| a * b).sum::<f64>() / 8.0;
         assert!((mean_sq - (2.0 - 2.0 * rho)).abs() < 1e-6);
@@ -207,10 +238,10 @@ mod tests {
         let n = *offsets.last().unwrap() as usize;
         let l: Vec<f64> = (0..n).map(|i| ((i * 31) % 97) as f64).collect();
         let r: Vec<f64> = (0..n).map(|i| ((i * 53) % 89) as f64).collect();
-        let all = score(&l, &r, &offsets);
+        let all = score(&l, &r, &offsets, Wanted::ALL);
         for (g, w) in offsets.windows(2).enumerate().step_by(997) {
             let (a, b) = (w[0] as usize, w[1] as usize);
-            let single = score(&l[a..b], &r[a..b], &[0, (b - a) as i64]);
+            let single = score(&l[a..b], &r[a..b], &[0, (b - a) as i64], Wanted::ALL);
             assert_eq!(single.pacs, all.pacs[a..b].to_vec());
             assert_eq!(single.group_conflict[0], all.group_conflict[g]);
             assert_eq!(single.kendall_tau[0].to_bits(), all.kendall_tau[g].to_bits());
