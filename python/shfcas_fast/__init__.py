@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
+from .errors import ShfcasError, ShfcasTypeError, ShfcasValueError
 from .scoring import (
     ConflictScores,
     kendall_distance,
@@ -35,6 +36,9 @@ _LOGPROBS_API = ("policy_logprobs", "score_logits", "sequence_logprobs", "sequen
 
 __all__ = [
     "ConflictScores",
+    "ShfcasError",
+    "ShfcasTypeError",
+    "ShfcasValueError",
     "kendall_distance",
     "kendall_tau",
     "pacs",

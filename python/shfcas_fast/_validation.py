@@ -1,7 +1,7 @@
 """Input checking and coercion shared by the engine, the baseline and the CLI.
 
 Every public function accepts 1-D numpy arrays or CPU torch tensors; these helpers turn them into
-contiguous numpy arrays without copying when they can, and raise a ``TypeError``/``ValueError``
+contiguous numpy arrays without copying when they can, and raise a :class:`~shfcas_fast.errors.ShfcasTypeError`/``ShfcasValueError``
 that names the argument and the problem when they cannot.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from .errors import ShfcasTypeError, ShfcasValueError
 
 __all__ = ["as_count", "as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
 
@@ -29,7 +30,7 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
     module = type(value).__module__
     if module.startswith("torch"):
         if value.device.type != "cpu":
-            raise TypeError(
+            raise ShfcasTypeError(
                 f"{name} is a torch tensor on {value.device}; move it to the CPU first "
                 f"(the GPU path is shfcas_fast.score_logits)"
             )
@@ -38,11 +39,11 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
             value = value.float()  # bfloat16 and float8 have no numpy dtype
         return value.resolve_conj().resolve_neg().numpy()
     if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a 1-D numeric array, got {type(value).__name__}")
+        raise ShfcasTypeError(f"{name} must be a 1-D numeric array, got {type(value).__name__}")
     try:
         return np.asarray(value)
     except Exception as err:  # ragged lists and other unconvertible objects
-        raise TypeError(f"{name} must be a 1-D numeric array: {err}") from None
+        raise ShfcasTypeError(f"{name} must be a 1-D numeric array: {err}") from None
 
 
 def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray:
@@ -54,13 +55,13 @@ def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray
     array = _to_numpy(value, name)
     kind = array.dtype.kind
     if kind == "c":
-        raise TypeError(f"{name} has complex dtype {array.dtype}; pass real numbers")
+        raise ShfcasTypeError(f"{name} has complex dtype {array.dtype}; pass real numbers")
     if kind == "b":
-        raise TypeError(f"{name} has dtype bool; pass real numbers")
+        raise ShfcasTypeError(f"{name} has dtype bool; pass real numbers")
     if kind not in "iuf":
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+        raise ShfcasTypeError(f"{name} must be numeric, got dtype {array.dtype}")
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+        raise ShfcasValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
     if array.dtype not in (np.float32, np.float64):
         array = array.astype(np.float64)
     array = np.ascontiguousarray(array)
@@ -75,7 +76,7 @@ def check_finite(array: np.ndarray, name: str) -> None:
     if bad is not None:
         value = array[bad]
         what = "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
-        raise ValueError(f"{name}[{bad}] is {what}; every value must be finite")
+        raise ShfcasValueError(f"{name}[{bad}] is {what}; every value must be finite")
 
 
 def as_float_pair(
@@ -85,7 +86,7 @@ def as_float_pair(
     xa = as_float_vector(x, x_name)
     ya = as_float_vector(y, y_name)
     if xa.shape[0] != ya.shape[0]:
-        raise ValueError(
+        raise ShfcasValueError(
             f"{x_name} and {y_name} must have the same length, got {xa.shape[0]} and {ya.shape[0]}"
         )
     if xa.dtype != ya.dtype:
@@ -100,37 +101,37 @@ def group_offsets(group_sizes: Any, n: int, name: str = "group_sizes") -> np.nda
     Group ``i`` holds items ``offsets[i]:offsets[i + 1]``. Zero-size groups are allowed.
     """
     if isinstance(group_sizes, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int or a 1-D integer array, got bool")
+        raise ShfcasTypeError(f"{name} must be an int or a 1-D integer array, got bool")
     if isinstance(group_sizes, (int, np.integer)):
         size = int(group_sizes)
         if size <= 0:
-            raise ValueError(f"{name} must be positive when given as an int, got {size}")
+            raise ShfcasValueError(f"{name} must be positive when given as an int, got {size}")
         if n % size:
-            raise ValueError(
+            raise ShfcasValueError(
                 f"{name}={size} does not divide the number of items {n}; "
                 f"pass one size per group instead"
             )
         return np.arange(0, n + 1, size, dtype=np.int64)
     sizes = _to_numpy(group_sizes, name)
     if sizes.ndim != 1:
-        raise ValueError(f"{name} must be an int or a 1-D array, got shape {tuple(sizes.shape)}")
+        raise ShfcasValueError(f"{name} must be an int or a 1-D array, got shape {tuple(sizes.shape)}")
     if sizes.dtype.kind not in "iu" and sizes.size:  # an empty list arrives as float64
-        raise TypeError(f"{name} must hold integers, got dtype {sizes.dtype}")
+        raise ShfcasTypeError(f"{name} must hold integers, got dtype {sizes.dtype}")
     sizes = sizes.astype(np.int64, copy=False)
     if sizes.size and sizes.min() < 0:
         first = int(np.argmax(sizes < 0))
-        raise ValueError(f"{name}[{first}] is {int(sizes[first])}; group sizes must be >= 0")
+        raise ShfcasValueError(f"{name}[{first}] is {int(sizes[first])}; group sizes must be >= 0")
     offsets = np.zeros(sizes.shape[0] + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     if offsets[-1] != n:
-        raise ValueError(f"{name} sums to {int(offsets[-1])} but there are {n} items")
+        raise ShfcasValueError(f"{name} sums to {int(offsets[-1])} but there are {n} items")
     return offsets
 
 
 def as_count(value: Any, name: str) -> int:
     """Check that ``value`` is a non-negative int (``k``, ``budget``) and return it."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise ShfcasTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+        raise ShfcasValueError(f"{name} must be >= 0, got {value}")
     return int(value)

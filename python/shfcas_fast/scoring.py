@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
+from .errors import ShfcasTypeError, ShfcasValueError
 from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
 
 __all__ = [
@@ -204,21 +205,21 @@ def select(
     Degenerate groups are never chosen.
     """
     if not isinstance(scores, PromptScores):
-        raise TypeError(f"scores must be a ConflictScores from shfcas_fast.score, got {type(scores).__name__}")
+        raise ShfcasTypeError(f"scores must be a ConflictScores from shfcas_fast.score, got {type(scores).__name__}")
     if budget is not None:
         budget = as_count(budget, "budget")
     if threshold is not None:
         if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-            raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
+            raise ShfcasTypeError(f"threshold must be a number, got {type(threshold).__name__}")
         if not math.isfinite(threshold):
-            raise ValueError(f"threshold must be finite, got {threshold!r}")
+            raise ShfcasValueError(f"threshold must be finite, got {threshold!r}")
     eligible = ~np.asarray(scores.degenerate, dtype=bool)
 
     if strategy == "random":
         if budget is None:
-            raise ValueError('strategy="random" needs a budget')
+            raise ShfcasValueError('strategy="random" needs a budget')
         if threshold is not None:
-            raise ValueError('strategy="random" takes no threshold')
+            raise ShfcasValueError('strategy="random" takes no threshold')
         candidates = np.flatnonzero(eligible)
         take = min(budget, candidates.shape[0])
         chosen = np.random.default_rng(seed).choice(candidates, size=take, replace=False)
@@ -229,7 +230,7 @@ def select(
     elif strategy == "kendall":
         values, default = scores.kendall_distance, DEFAULT_KENDALL_THRESHOLD
     else:
-        raise ValueError(f'strategy must be "pacs", "kendall" or "random", got {strategy!r}')
+        raise ShfcasValueError(f'strategy must be "pacs", "kendall" or "random", got {strategy!r}')
     if threshold is None and budget is None:
         threshold = default
     # NaN marks what may not be chosen; top_k never returns NaN.
