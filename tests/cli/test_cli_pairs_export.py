@@ -110,5 +110,5 @@ def test_export_refuses_a_label_column_that_would_overwrite_a_task_field(tmp_pat
     output = tmp_path / "tasks.jsonl"
     result = invoke("export", scored_file, "-o", output, "--label-column", label_column)
     assert result.exit_code == 1
-    assert f"--label-column {label_column} clashes with a field export always writes" in result.stderr
+    assert f"(--label-column {label_column}) clashes with a field every task has" in result.stderr
     assert not output.exists()

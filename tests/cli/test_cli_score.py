@@ -183,7 +183,8 @@ def test_grouped_nan_error_names_the_file_row(tmp_path, invoke):
     result = invoke("score", source, "-o", tmp_path / "out.parquet", *options)
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: row 5 (0-based): column 'reward' is missing or nan; fix the input or pass --nan-policy omit\n"
+        "Error: row 5 (0-based): column 'reward' is missing or nan; "
+        "fix the input or pass nan_policy='omit' (--nan-policy omit)\n"
     )
 
 

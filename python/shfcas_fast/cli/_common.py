@@ -1,43 +1,39 @@
-"""What the commands share: option types, one-line error reporting, progress bars and column checks."""
+"""What the commands share: option types, one-line errors and warnings, and the summary line."""
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import functools
-import sys
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
+import click
 import pyarrow as pa
-import pyarrow.compute as pc
 import typer
-from tqdm import tqdm
+
+from ..errors import ShfcasError
+from ..scoring import Strategy
+from ..tables.columns import NanPolicy
 
 __all__ = [
-    "NanPolicy",
+    "BudgetOption",
+    "CompletionColumnOption",
     "InputArgument",
+    "NanPolicyOption",
     "OutputOption",
     "OverwriteOption",
-    "QuietOption",
     "PromptColumnOption",
-    "CompletionColumnOption",
-    "NanPolicyOption",
+    "QuietOption",
+    "ScoredArgument",
+    "SeedOption",
+    "StrategyOption",
+    "ThresholdOption",
+    "echo_summary",
     "reports_errors",
-    "progress_bar",
-    "require_columns",
-    "float_column",
-    "finite_rows",
+    "warnings_as_lines",
 ]
-
-
-class NanPolicy(str, enum.Enum):
-    """What to do with rows whose numbers are NaN, infinite or missing."""
-
-    RAISE = "raise"
-    OMIT = "omit"
-
 
 InputArgument = Annotated[Path, typer.Argument(help="Input table: .parquet, .jsonl or .csv.", show_default=False)]
 OutputOption = Annotated[
@@ -57,26 +53,90 @@ NanPolicyOption = Annotated[
         case_sensitive=False,
     ),
 ]
+ScoredArgument = Annotated[
+    Path,
+    typer.Argument(metavar="SCORED", help="Output of `shfcas score` (.parquet, .jsonl or .csv).", show_default=False),
+]
+StrategyOption = Annotated[
+    Strategy,
+    typer.Option(
+        "--strategy",
+        help="pacs: highest mean |PACS|; kendall: highest Kendall distance; random: uniform (needs --budget).",
+        case_sensitive=False,
+    ),
+]
+BudgetOption = Annotated[
+    int | None,
+    typer.Option("--budget", min=0, help="Select at most this many prompts, highest first.", show_default=False),
+]
+ThresholdOption = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="Select prompts scoring above this (default without --budget: 1.0 for pacs, 0.5 for kendall).",
+        show_default=False,
+    ),
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed of --strategy random.")]
 
-# What a user can fix: bad files, bad values, existing outputs. Anything else is a bug and keeps its
-# traceback.
-_USER_ERRORS = (ValueError, TypeError, OSError, pa.ArrowException)
 _MAX_MESSAGE_CHARS = 400
+# Optional packages and the extra that installs each (a command that imports one names the extra
+# instead of showing a traceback when it is missing).
+_EXTRA_OF_PACKAGE = {
+    "torch": "gpu",
+    "triton": "gpu",
+    "trl": "trl",
+    "transformers": "trl",
+    "datasets": "trl",
+    "accelerate": "trl",
+}
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _user_message(err: Exception) -> str | None:
+    """The one-line message for an error the user can fix, or ``None`` for a bug (which keeps its traceback).
+
+    User errors are the package's :class:`~shfcas_fast.errors.ShfcasError`, OSError (files, disks),
+    Arrow's errors while reading a named file, running out of memory, and a missing optional package.
+    """
+    if isinstance(err, FileExistsError):
+        return f"{err}; pass --overwrite to replace it"
+    if isinstance(err, (ShfcasError, OSError)):
+        return _one_line(err)
+    if isinstance(err, ValueError) and isinstance(err.__cause__, pa.ArrowException):
+        return _one_line(err)  # the reader's "cannot read FILE: ..." around Arrow's parse error
+    if isinstance(err, MemoryError):
+        return f"out of memory ({_one_line(err)}); use a smaller input or free memory"
+    if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in _EXTRA_OF_PACKAGE:
+        package = (err.name or "").split(".")[0]
+        context = click.get_current_context(silent=True)
+        command = f"`shfcas {context.info_name}`" if context is not None else "this command"
+        return (
+            f"{command} needs the optional package {package!r}, which is not installed: "
+            f"pip install 'shfcas-fast[{_EXTRA_OF_PACKAGE[package]}]'"
+        )
+    return None
+
+
 def reports_errors(command: Command) -> Command:
-    """Turn user errors raised by ``command`` into a one-line message on stderr and exit code 1."""
+    """Turn user errors raised by ``command`` into a one-line message on stderr and exit code 1.
+
+    Anything else is a bug in the package and keeps its traceback.
+    """
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except FileExistsError as err:
-            message = f"{err}; pass --overwrite to replace it"
-        except _USER_ERRORS as err:
-            message = " ".join(str(err).split()) or type(err).__name__
+        except Exception as err:
+            message = _user_message(err)
+            if message is None:
+                raise
         if len(message) > _MAX_MESSAGE_CHARS:
             message = message[: _MAX_MESSAGE_CHARS - 3] + "..."
         typer.echo(f"Error: {message}", err=True)
@@ -85,80 +145,21 @@ def reports_errors(command: Command) -> Command:
     return run  # type: ignore[return-value]
 
 
-def progress_bar(total: int | None, description: str, *, quiet: bool) -> tqdm:
-    """A row counter on stderr that only appears once the work has taken more than two seconds."""
-    return tqdm(
-        total=total,
-        desc=description,
-        unit="rows",
-        unit_scale=True,
-        file=sys.stderr,
-        disable=quiet,
-        delay=2.0,
-        leave=False,
-    )
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Print each ``UserWarning`` raised inside (such as the engine's warning that a selection rule
+    chose most prompts) as one ``warning: ...`` line on stderr; other warnings go on as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        yield
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            typer.echo(f"warning: {_one_line(warning.message)}", err=True)  # type: ignore[arg-type]
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-def require_columns(schema: pa.Schema, columns: Mapping[str, str], source: Path) -> None:
-    """Check that ``source`` has every column; ``columns`` maps each name to the option choosing it."""
-    for name, option in columns.items():
-        if name not in schema.names:
-            available = ", ".join(schema.names) or "none"
-            raise ValueError(
-                f"{source} has no column {name!r} (its columns: {available}); pass {option} to choose another"
-            )
-
-
-def _is_numeric(data_type: pa.DataType) -> bool:
-    return pa.types.is_integer(data_type) or pa.types.is_floating(data_type)
-
-
-def _is_numeric_list(data_type: pa.DataType) -> bool:
-    list_types = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
-    return any(is_list(data_type) for is_list in list_types) and _is_numeric(data_type.value_type)
-
-
-def float_column(column: pa.Array | pa.ChunkedArray, name: str, *, allow_lists: bool = False) -> np.ndarray:
-    """float64 values of a numeric column (missing values become NaN).
-
-    With ``allow_lists``, a list column of per-token numbers is summed per row (the sequence
-    log-probability is the sum of its response tokens' log-probs); an empty list sums to 0.
-    """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if allow_lists and _is_numeric_list(column.type):
-        tokens = pc.cast(pc.list_flatten(column), pa.float64()).to_numpy(zero_copy_only=False)
-        rows = pc.list_parent_indices(column).to_numpy()
-        sums = np.bincount(rows, weights=tokens, minlength=len(column))
-        if column.null_count:
-            sums[pc.is_null(column).to_numpy(zero_copy_only=False)] = np.nan
-        return sums
-    if not _is_numeric(column.type):
-        wanted = "numbers or lists of numbers" if allow_lists else "numbers"
-        raise TypeError(f"column {name!r} has type {column.type}; it must hold {wanted}")
-    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-
-
-def finite_rows(values: Mapping[str, np.ndarray], nan_policy: NanPolicy, *, first_row: int = 0) -> np.ndarray | None:
-    """The mask of rows to keep, or ``None`` when every value is finite.
-
-    With ``NanPolicy.RAISE`` a non-finite value raises a ValueError naming its row and column; rows
-    are numbered from ``first_row``, the file row of the values' first row when they are one batch.
-    """
-    # NaN and infinities survive a sum, so a finite sum clears a column in one cheap pass (an
-    # overflowing sum merely falls through to the exact check).
-    if all(np.isfinite(column.sum()) for column in values.values()):
-        return None
-    bad = np.zeros(len(next(iter(values.values()))), dtype=bool)
-    for column in values.values():
-        bad |= ~np.isfinite(column)
-    if not bad.any():
-        return None
-    if nan_policy is NanPolicy.OMIT:
-        return ~bad
-    row = int(np.argmax(bad))
-    name, column = next((name, column) for name, column in values.items() if not np.isfinite(column[row]))
-    what = "missing or nan" if np.isnan(column[row]) else str(column[row])
-    raise ValueError(
-        f"row {first_row + row} (0-based): column {name!r} is {what}; fix the input or pass --nan-policy omit"
-    )
+def echo_summary(summary: Any, destination: object, *, quiet: bool) -> None:
+    """Print ``summary.describe(destination)`` on stderr unless ``quiet``."""
+    if not quiet:
+        typer.echo(summary.describe(destination), err=True)

@@ -12,8 +12,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pyarrow as pa
 import typer
+
+from .. import __version__, _core
 
 __all__ = ["app"]
 
@@ -29,8 +33,25 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"shfcas-fast {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def use_system_allocator() -> None:
+def start(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    # A bad SHFCAS_NUM_THREADS fails the engine's first call: check it once, before any work.
+    try:
+        _core.num_threads()
+    except RuntimeError as err:
+        typer.echo(f"Error: {err}; set it to a positive number of threads, or unset it", err=True)
+        raise typer.Exit(code=1) from None
     # Commands allocate and free batches of hundreds of megabytes. Arrow's default allocator keeps
     # freed memory for reuse; the system allocator hands it back at once, which on 10M-row files
     # lowers peak memory by about a quarter and halves the time spent faulting pages in.

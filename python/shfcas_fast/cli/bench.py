@@ -22,6 +22,7 @@ import numpy as np
 import typer
 
 from .. import scoring
+from ..errors import ShfcasValueError
 from ._common import reports_errors
 from .app import app
 
@@ -96,7 +97,7 @@ def bench_command(
 ) -> None:
     """Time the engine against the pure-PyTorch baseline (shfcas_fast.baseline) on random data."""
     if size % group_size:
-        raise ValueError(f"--group-size {group_size} does not divide --size {size}")
+        raise ShfcasValueError(f"--group-size {group_size} does not divide --size {size}")
     timings = time_engine_and_baseline(size, group_size, top, repeats, seed)
     width = max(len(timing.operation) for timing in timings)
     typer.echo(f"{'operation':<{width}}  {'engine ms':>10}  {'baseline ms':>11}  {'speedup':>8}  {'max |diff|':>10}")

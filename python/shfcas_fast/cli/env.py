@@ -12,8 +12,8 @@ True
 
 from __future__ import annotations
 
-import importlib
 import json
+from importlib import metadata
 from typing import Annotated, Any
 
 import typer
@@ -22,23 +22,27 @@ from .. import _core
 from ..report import versions
 from .app import app
 
-__all__ = ["environment"]
+__all__ = ["OPTIONAL_PACKAGES", "environment"]
+
+#: Packages of the extras, reported with their version or as not installed.
+OPTIONAL_PACKAGES = ("torch", "triton", "trl", "transformers", "datasets", "accelerate", "ray")
+NOT_INSTALLED = "not installed"
 
 
-def _optional_version(module_name: str) -> str | None:
+def _installed_version(package: str) -> str:
+    # The distribution's metadata, not an import: importing torch, trl or ray takes seconds.
     try:
-        return importlib.import_module(module_name).__version__
-    except ImportError:
-        return None
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return NOT_INSTALLED
 
 
 def environment() -> dict[str, Any]:
     """What a bug report needs: versions, accelerators and the engine's build and thread count."""
     found = versions()
-    found["torch"] = _optional_version("torch")
-    found["triton"] = _optional_version("triton")
+    found.update({package: _installed_version(package) for package in OPTIONAL_PACKAGES})
     cuda_available = False
-    if found["torch"] is not None:
+    if found["torch"] != NOT_INSTALLED:
         import torch
 
         cuda_available = torch.cuda.is_available()
@@ -46,7 +50,7 @@ def environment() -> dict[str, Any]:
         found["torch_threads"] = torch.get_num_threads()
     found["cuda_available"] = cuda_available
     # Triton kernels need both the package and a CUDA device.
-    found["triton_usable"] = cuda_available and found["triton"] is not None
+    found["triton_usable"] = cuda_available and found["triton"] != NOT_INSTALLED
     found["core_threads"] = _core.num_threads()
     return found
 
@@ -55,7 +59,7 @@ def environment() -> dict[str, Any]:
 def env_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
-    """Show versions, CUDA and Triton availability, the Rust core's build and threads in use."""
+    """Show versions (optional packages too), CUDA and Triton availability, the Rust core's build and threads."""
     found = environment()
     if as_json:
         typer.echo(json.dumps(found, indent=2))

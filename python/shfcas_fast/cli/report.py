@@ -12,27 +12,30 @@ True
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from .. import io
 from ..report import write_report
 from ..scoring import ConflictScores
-from ._common import OverwriteOption, PromptColumnOption, QuietOption, reports_errors
+from ..tables import load_scored
+from ._common import (
+    BudgetOption,
+    OverwriteOption,
+    PromptColumnOption,
+    QuietOption,
+    ScoredArgument,
+    SeedOption,
+    StrategyOption,
+    ThresholdOption,
+    reports_errors,
+    warnings_as_lines,
+)
 from .app import app
-from .select import BudgetOption, ScoredArgument, SeedOption, Strategy, StrategyOption, ThresholdOption, load_scored
 
-__all__ = ["PageFormat"]
-
-
-class PageFormat(str, enum.Enum):
-    """The report page's format."""
-
-    MD = "md"
-    HTML = "html"
+__all__ = ["report_command"]
 
 
 @app.command("report")
@@ -45,13 +48,13 @@ def report_command(
             "-o", "--output", help="Report folder (created; must not exist without --overwrite).", show_default=False
         ),
     ],
-    strategy: StrategyOption = Strategy.PACS,
+    strategy: StrategyOption = "pacs",
     budget: BudgetOption = None,
     threshold: ThresholdOption = None,
     seed: SeedOption = 0,
     page: Annotated[
-        PageFormat, typer.Option("--page", help="Format of the report page.", case_sensitive=False)
-    ] = PageFormat.MD,
+        Literal["md", "html"], typer.Option("--page", help="Format of the report page.", case_sensitive=False)
+    ] = "md",
     prompt_column: PromptColumnOption = "prompt",
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
@@ -61,8 +64,8 @@ def report_command(
     Writes summary.json, report.md (or report.html), conflict_histogram.png, z_scatter.png and
     tau_distribution.png.
     """
-    with io.atomic_output(output, overwrite=overwrite, directory=True) as folder:
-        scored = load_scored(scored_path, prompt_column, quiet=quiet)
+    with io.atomic_output(output, overwrite=overwrite, directory=True) as folder, warnings_as_lines():
+        scored = load_scored(scored_path, prompt_column, progress=not quiet)
         assert isinstance(scored.scores, ConflictScores)  # per-completion columns are read by default
         selected = scored.select(strategy, budget, threshold, seed)
         summary = write_report(
@@ -70,12 +73,12 @@ def report_command(
             scored.scores,
             scored.groups.sizes,
             selected,
-            strategy=strategy.value,
+            strategy=strategy,
             budget=budget,
             threshold=threshold,
             seed=seed,
             source=str(scored_path),
-            page=page.value,
+            page=page,
         )
     if not quiet:
         counts = summary["counts"]

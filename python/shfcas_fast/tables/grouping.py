@@ -1,9 +1,20 @@
-"""Group the rows of a table by a key column (the prompt), wherever in the file its rows are.
+"""Group the rows of a table by a key column (the prompt), wherever its rows are, or as a stream.
 
-The engine scores contiguous groups. A file's rows of one prompt are usually adjacent but need not
-be, so rows are numbered by group (in order of first appearance) and, only when some group is split,
-stably reordered to make every group contiguous; results are then gathered back in file order.
-:class:`AdjacentGroups` instead cuts a stream of batches whose groups are already adjacent.
+Example:
+```python
+>>> import pyarrow as pa
+>>> from shfcas_fast.tables.grouping import group_rows
+>>> groups = group_rows(pa.array(["b", "b", "a", "b"]), "prompt")
+>>> groups.sizes.tolist(), groups.contiguous(pa.array([10, 11, 12, 13]).to_numpy()).tolist()
+([3, 1], [10, 11, 13, 12])
+
+```
+
+The engine scores contiguous groups. A table's rows of one prompt are usually adjacent but need not
+be, so :func:`group_rows` numbers rows by group (in order of first appearance) and, only when some
+group is split, stably reorders them to make every group contiguous; results are then gathered back
+in table order. :class:`AdjacentGroups` instead cuts a stream of batches whose groups are already
+adjacent, holding 8 bytes per group to refuse a key that comes back.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import _core
+from ..errors import ShfcasTypeError, ShfcasValueError
 
 __all__ = ["AdjacentGroups", "Groups", "group_rows"]
 
@@ -32,7 +44,7 @@ class Groups:
         sizes: int64 ``[g]``, rows per group.
         first_rows: int64 ``[g]``, the row where each group first appears.
         order: int64 ``[n]`` stable permutation that makes groups contiguous (group 0's rows first,
-            in file order), or ``None`` when they already are.
+            in table order), or ``None`` when they already are.
     """
 
     ids: np.ndarray
@@ -52,7 +64,7 @@ class Groups:
         """Where each row went in :meth:`contiguous` order (the inverse of ``order``), or ``None``.
 
         ``contiguous(values)[positions()[rows]]`` is ``values[rows]``: results computed on grouped
-        rows come back to file order batch by batch, without a full-size copy per result.
+        rows come back to table order batch by batch, without a full-size copy per result.
         """
         if self.order is None:
             return None
@@ -62,7 +74,9 @@ class Groups:
 
 
 def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
-    """Group rows with equal ``keys``; a null key raises a ValueError naming column ``name``.
+    """Group rows with equal ``keys``; a null key raises a ShfcasValueError naming column ``name``.
+
+    This is the one place where tables are grouped by key: every function of this package calls it.
 
     Example:
     ```python
@@ -86,7 +100,7 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
         encoded = pc.dictionary_encode(pa.chunked_array(chunks))
         ids = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks]).astype(np.int32, copy=False)
         return _scattered(ids, len(encoded.chunks[0].dictionary))
-    # Files usually hold a prompt's completions together: hash one key per run of equal adjacent
+    # Tables usually hold a prompt's completions together: hash one key per run of equal adjacent
     # keys, taken chunk by chunk (a take on the chunked column would first concatenate its strings).
     offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])
     run_keys = pa.concat_arrays(
@@ -115,11 +129,16 @@ class AdjacentGroups:
     [2]
     >>> groups.add(pa.array(["b", "c"])).tolist(), groups.finish().tolist()
     ([2], [1])
+    >>> groups.add(pa.array(["a"]))
+    Traceback (most recent call last):
+    ...
+    shfcas_fast.errors.ShfcasValueError: row 5 (0-based): column 'prompt' repeats 'a', first seen before other values; ...
 
     ```
 
-    A key whose rows are not adjacent (it comes back after other keys) raises a ValueError naming
-    the row, as does a missing key; rows are numbered from the first key ever added.
+    A key whose rows are not adjacent (it comes back after other keys) raises a ShfcasValueError
+    naming the key and its row, as does a missing key; rows are numbered from the first key ever
+    added. Memory grows by 8 bytes per group (one 64-bit hash of each closed group's key).
     """
 
     def __init__(self, name: str) -> None:
@@ -127,13 +146,17 @@ class AdjacentGroups:
         self._rows = 0  # keys added so far
         self._open_key: pa.Scalar | None = None  # the last group's key, which the next batch may continue
         self._open_start = 0
-        # Hashes of the closed groups' keys: memory grows with the number of groups (not rows), the
-        # price of catching a key that comes back. Python's 64-bit string hash makes a false alarm
-        # vanishingly unlikely.
-        self._closed: set[int] = set()
+        self._closed = _HashSet()
 
-    def add(self, keys: pa.Array) -> np.ndarray:
+    @property
+    def rows(self) -> int:
+        """The number of keys added so far."""
+        return self._rows
+
+    def add(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """int64 sizes of the groups that the next rows ``keys`` close, in order; the last group stays open."""
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
         _require_keys(keys, self.name, first_row=self._rows)
         if not len(keys):
             return np.zeros(0, dtype=np.int64)
@@ -147,38 +170,98 @@ class AdjacentGroups:
         if self._open_key is not None:
             closed_keys.insert(0, self._open_key.as_py())
             closed_starts = np.insert(closed_starts, 0, self._open_start)
-        self._close(closed_keys, closed_starts)
+        self._refuse_seen(closed_keys, closed_starts)
+        self._closed.add(_hashes(closed_keys))
+        # The new open key is checked at once, so that a prompt that comes back is refused at its
+        # first row, before any of its rows are handed on.
+        open_key = keys[int(local_starts[-1])]
+        self._refuse_seen([open_key.as_py()], starts[-1:])
         sizes = np.diff(np.append(closed_starts, starts[-1]))
-        self._open_key, self._open_start = keys[int(local_starts[-1])], int(starts[-1])
+        self._open_key, self._open_start = open_key, int(starts[-1])
         return sizes
 
     def finish(self) -> np.ndarray:
-        """The size of the last group, now closed (empty if no rows were added)."""
+        """The size of the last group, now closed (empty if it was closed already or no rows were added)."""
         if self._open_key is None:
             return np.zeros(0, dtype=np.int64)
-        self._close([self._open_key.as_py()], np.array([self._open_start]))
+        self._closed.add(_hashes([self._open_key.as_py()]))
         self._open_key = None
         return np.array([self._rows - self._open_start], dtype=np.int64)
 
-    def _close(self, keys: list[object], first_rows: np.ndarray) -> None:
-        hashes = [hash(key) for key in keys]
-        if len(set(hashes)) < len(hashes) or not self._closed.isdisjoint(hashes):
-            seen = set(self._closed)  # find the first repeat (a rare path: the copy does not matter)
-            for key_hash, row in zip(hashes, first_rows, strict=True):
-                if key_hash in seen:
-                    raise ValueError(
-                        f"row {row} (0-based): column {self.name!r} repeats a value first seen before other "
-                        "values; --grouped needs the rows of each prompt adjacent: drop --grouped to score this file"
-                    )
-                seen.add(key_hash)
-        self._closed.update(hashes)
+    def _refuse_seen(self, keys: list[object], first_rows: np.ndarray) -> None:
+        """Raise if one of ``keys`` (runs of adjacent equal keys, in order) was closed before, or repeats."""
+        hashes = _hashes(keys)
+        repeated = self._closed.contains(hashes)
+        _, first_index = np.unique(hashes, return_index=True)
+        if first_index.shape[0] < hashes.shape[0]:
+            repeated_in_batch = np.ones(hashes.shape[0], dtype=bool)
+            repeated_in_batch[first_index] = False
+            repeated |= repeated_in_batch
+        if not repeated.any():
+            return
+        index = int(np.argmax(repeated))
+        key = repr(keys[index])
+        key = key if len(key) <= 80 else key[:77] + "..."
+        raise ShfcasValueError(
+            f"row {first_rows[index]} (0-based): column {self.name!r} repeats {key}, first seen before "
+            "other values; streaming needs the rows of each prompt adjacent: score the table at once "
+            "instead (score_table, or score_file without grouped=True: drop --grouped)"
+        )
+
+
+def _hashes(keys: list[object]) -> np.ndarray:
+    """uint64 hashes of Python keys (Python's 64-bit hash: a false alarm is vanishingly unlikely)."""
+    return np.fromiter((hash(key) for key in keys), dtype=np.int64, count=len(keys)).view(np.uint64)
+
+
+class _HashSet:
+    """A set of uint64 hashes held in sorted runs: 8 bytes per hash, plus one run of scratch space.
+
+    Runs are merged like a binary counter (a new run absorbs smaller ones before it) up to
+    ``_MAX_RUN`` hashes, so a lookup searches O(log n + n / _MAX_RUN) sorted runs and a merge never
+    copies more than ``2 * _MAX_RUN`` hashes (16 MiB) at once.
+    """
+
+    _MAX_RUN = 1 << 20
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: 8 per hash."""
+        return sum(run.nbytes for run in self._runs)
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        """A bool mask of the ``hashes`` already in the set."""
+        found = np.zeros(hashes.shape[0], dtype=bool)
+        for run in self._runs:
+            index = np.minimum(np.searchsorted(run, hashes), run.shape[0] - 1)
+            found |= run[index] == hashes
+        return found
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Add distinct ``hashes`` that are not in the set yet."""
+        if not hashes.shape[0]:
+            return
+        run = np.sort(hashes)
+        while self._runs and self._runs[-1].shape[0] <= run.shape[0] < self._MAX_RUN:
+            run = np.concatenate([self._runs.pop(), run])
+            run.sort()
+        self._runs.append(run)
 
 
 def _require_keys(keys: pa.Array | pa.ChunkedArray, name: str, *, first_row: int = 0) -> None:
-    """Raise a ValueError naming the first row (numbered from ``first_row``) with a null key."""
+    """Raise unless ``keys`` can be grouped: a ShfcasTypeError for a nested type, a ShfcasValueError
+    naming the first row (numbered from ``first_row``) with a null key."""
+    if pa.types.is_nested(keys.type):
+        raise ShfcasTypeError(
+            f"column {name!r} has type {keys.type}; group keys must be strings, bytes or numbers "
+            "(e.g. apply the chat template to conversational prompts first)"
+        )
     if keys.null_count:
         row = first_row + pc.index(pc.is_null(keys), True).as_py()
-        raise ValueError(f"row {row} (0-based): column {name!r} is missing; every row needs one")
+        raise ShfcasValueError(f"row {row} (0-based): column {name!r} is missing; every row needs one")
 
 
 def _scattered(ids: np.ndarray, num_groups: int) -> Groups:
