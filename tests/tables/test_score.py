@@ -1,0 +1,103 @@
+"""``score_table`` and ``score_file`` against the float64 reference and scipy's Kendall tau-b."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import reference
+from conftest import assert_tables_equal
+
+from shfcas_fast import ShfcasTypeError, ShfcasValueError, io
+from shfcas_fast.tables import SCORE_FIELDS, score_file, score_table, scored_schema
+
+
+def reference_rows(prompts: list, logprob: np.ndarray, reward: np.ndarray) -> dict[str, np.ndarray]:
+    """Every score column in row order, from the reference on rows grouped with a Python dict."""
+    first_seen: dict[object, int] = {}
+    group = np.array([first_seen.setdefault(key, len(first_seen)) for key in prompts])
+    order = np.argsort(group, kind="stable")
+    expected = reference.score(logprob[order], reward[order], np.bincount(group))
+    rows = np.empty_like(order)
+    rows[order] = np.arange(order.shape[0])
+    columns = {}
+    for name in SCORE_FIELDS.names:
+        values = np.asarray(getattr(expected, name))
+        columns[name] = values[rows] if values.shape[0] == order.shape[0] else values[group]
+    return columns
+
+
+def assert_matches_reference(scored: pa.Table, prompts: list, logprob: np.ndarray, reward: np.ndarray) -> None:
+    for name, wanted in reference_rows(prompts, logprob, reward).items():
+        actual = scored[name].to_numpy(zero_copy_only=False).astype(np.float64)
+        np.testing.assert_allclose(actual, wanted.astype(np.float64), rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def test_scattered_prompts_match_the_reference():
+    rng = np.random.default_rng(1)
+    prompts = rng.integers(0, 40, size=500)
+    logprob, reward = rng.normal(size=500), rng.normal(size=500)
+    table = pa.table({"prompt": prompts, "completion": np.arange(500), "logprob": logprob, "reward": reward})
+    scored = score_table(table)
+    assert scored.schema == scored_schema(table.schema)
+    assert scored.select(table.column_names).equals(table)  # row order and input columns kept
+    assert_matches_reference(scored, prompts.tolist(), logprob, reward)
+
+
+def test_token_lists_are_summed_and_omitted_rows_dropped(adjacent):
+    reward = adjacent["reward"].to_numpy().copy()
+    reward[[4, 9]] = [np.nan, np.inf]
+    table = adjacent.set_column(3, "reward", pa.array(reward))
+    with pytest.raises(ShfcasValueError, match=r"row 4 \(0-based\): column 'reward' is missing or nan"):
+        score_table(table, logprob_column="token_logprobs")
+    scored = score_table(table, logprob_column="token_logprobs", nan_policy="omit")
+    keep = np.isfinite(reward)
+    sums = np.array([float(np.sum(tokens)) for tokens in table["token_logprobs"].to_pylist()])
+    assert scored["completion"].to_pylist() == table.filter(pa.array(keep))["completion"].to_pylist()
+    assert_matches_reference(scored, np.asarray(table["prompt"].to_pylist())[keep].tolist(), sums[keep], reward[keep])
+
+
+def test_inputs_other_than_tables_give_the_same_scores():
+    columns = {"prompt": ["a", "b", "a", "b", "a"], "logprob": [-1.0, -2.0, -3.0, -1.0, -2.0], "reward": [1.0, 2.0, 0.0, 0.0, 3.0]}
+    expected = score_table(pa.table(columns))
+    for rows in (columns, pa.RecordBatch.from_pydict(columns)):
+        assert_tables_equal(score_table(rows), expected)
+    from_pandas = score_table(pd.DataFrame(columns))  # strings become large_string, with pandas metadata
+    assert from_pandas.to_pydict() == expected.to_pydict()
+
+
+def test_bad_arguments_raise_named_errors():
+    table = pa.table({"prompt": ["a"], "logprob": [0.0], "reward": ["high"]})
+    with pytest.raises(ShfcasTypeError, match="column 'reward' has type string"):
+        score_table(table)
+    with pytest.raises(ShfcasValueError, match=r"no column 'gold'.*reward_column= \(--reward-column\)"):
+        score_table(table, reward_column="gold")
+    with pytest.raises(ShfcasValueError, match="nan_policy must be 'raise' or 'omit'"):
+        score_table(table, nan_policy="drop")  # type: ignore[arg-type]
+    with pytest.raises(ShfcasTypeError, match="must be a pyarrow Table"):
+        score_table([1, 2, 3])
+    conversational = pa.table({"prompt": [[{"role": "user", "content": "hi"}]], "logprob": [0.0], "reward": [1.0]})
+    with pytest.raises(ShfcasTypeError, match="group keys must be strings, bytes or numbers"):
+        score_table(conversational)
+
+
+def test_empty_table_scores_to_an_empty_table():
+    table = pa.table({"prompt": pa.array([], pa.string()), "logprob": pa.array([], pa.float64()), "reward": pa.array([], pa.float64())})
+    assert score_table(table).schema == scored_schema(table.schema)
+    assert score_table(table).num_rows == 0
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_score_file_writes_what_score_table_returns(tmp_path, adjacent, grouped):
+    source = tmp_path / "in.parquet"
+    io.write_table(source, adjacent)
+    output = tmp_path / "scored.parquet"
+    summary = score_file(source, output, logprob_column="token_logprobs", grouped=grouped, batch_size=17)
+    expected = score_table(adjacent, logprob_column="token_logprobs")
+    assert_tables_equal(io.read_table(output), expected)
+    assert (summary.rows, summary.prompts) == (adjacent.num_rows, 60)
+    degenerate_prompts = {row["prompt"] for row in expected.select(["prompt", "degenerate"]).to_pylist() if row["degenerate"]}
+    assert summary.degenerate == len(degenerate_prompts) > 0
+    with pytest.raises(FileExistsError):
+        score_file(source, output)
