@@ -1,4 +1,4 @@
-"""Time the ``shfcas`` command line end to end on a generated Parquet file (issue 5's scale target).
+"""Time the ``shfcas`` command line end to end on generated Parquet files of up to 10M rows.
 
 Usage:
 ```bash

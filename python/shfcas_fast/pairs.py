@@ -1,6 +1,17 @@
-"""Preference pairs from oracle scores (SPEC section 3, step 6), without any training dependency.
+"""Preference pairs from oracle scores, without any training dependency.
 
-Within each prompt, every pair of completions with different oracle scores gives one pair, the
+Example:
+```python
+>>> import numpy as np
+>>> from shfcas_fast.pairs import preference_pair_indices
+>>> chosen, rejected, margin = preference_pair_indices(np.array([1.0, 3.0, 2.0, 0.0, 5.0]), [3, 2])
+>>> chosen.tolist(), rejected.tolist(), margin.tolist()
+([1, 2, 1, 4], [0, 0, 2, 3], [2.0, 1.0, 1.0, 5.0])
+
+```
+
+After the oracle (a gold reward model or human annotators) scores the completions of the selected
+prompts, every two completions of one prompt with different oracle scores give one pair, the
 preferred (``chosen``) completion being the one with the *higher* score. A cost oracle (higher =
 worse) must be negated before it gets here: the released scripts of the paper got that sign wrong.
 """

@@ -1,4 +1,4 @@
-"""``shfcas score`` against the float64 reference of SPEC section 2 and scipy's Kendall tau-b."""
+"""``shfcas score`` against the float64 reference (tests/reference.py) and scipy's Kendall tau-b."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import pyarrow as pa
 import typer
 
@@ -114,10 +113,8 @@ def _user_message(err: Exception) -> str | None:
         return f"out of memory ({_one_line(err)}); use a smaller input or free memory"
     if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in _EXTRA_OF_PACKAGE:
         package = (err.name or "").split(".")[0]
-        context = click.get_current_context(silent=True)
-        command = f"`shfcas {context.info_name}`" if context is not None else "this command"
         return (
-            f"{command} needs the optional package {package!r}, which is not installed: "
+            f"this command needs the optional package {package!r}, which is not installed: "
             f"pip install 'shfcas-fast[{_EXTRA_OF_PACKAGE[package]}]'"
         )
     return None
