@@ -4,7 +4,14 @@ Usage:
 ```bash
 python benches/bench_cli.py                  # 10M rows, prompts of 8, adjacent and shuffled
 python benches/bench_cli.py --rows 1000000   # a quick check
+python benches/bench_cli.py --grouped-scaling             # `score --grouped` at 1M, 5M and 10M rows
+python benches/bench_cli.py --grouped-scaling --rows 2000000 --rows 4000000
 ```
+
+``--grouped-scaling`` reports how the peak memory of the one-pass ``score --grouped`` grows with the
+file: the bytes per prompt are the growth of the peak over the previous (smaller) file, divided by
+the growth in prompts (everything that grows with the file, per prompt of 8 rows). A file of one or
+two batches has not reached the steady state yet: compare files of several batches (5M and 10M).
 
 Each command runs as a real subprocess (start-up included) and reports its own peak resident memory. The scored columns (prompt, log-prob, reward) are what
 ``score`` must hold in memory; peak memory is reported as a multiple of their in-memory size.
@@ -68,10 +75,34 @@ def run(arguments: list[str], peak_file: Path) -> tuple[float, float]:
     return seconds, int(peak_file.read_text()) / 2**20
 
 
+def grouped_scaling(sizes: list[int]) -> None:
+    """Peak memory of ``score --grouped`` at each row count, and its growth per prompt."""
+    print("| rows | prompts | wall | peak memory | bytes per prompt over the previous row |\n|---:|---:|---:|---:|---:|")
+    previous: tuple[int, float] | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in sizes:
+            source, scored = Path(tmp) / "in.parquet", Path(tmp) / "scored.parquet"
+            generate(source, rows, shuffle=False)
+            command = ["score", str(source), "-o", str(scored), "-q", "--overwrite", "--grouped"]
+            seconds, peak_gib = run(command, Path(tmp) / "peak_kib")
+            prompts = rows // 8
+            growth = "-" if previous is None else f"{(peak_gib - previous[1]) * 2**30 / (prompts - previous[0]):.1f}"
+            previous = (prompts, peak_gib)
+            print(f"| {rows:,} | {prompts:,} | {seconds:.2f} s | {peak_gib:.3f} GiB | {growth} |", flush=True)
+            source.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000_000, help="completions (a multiple of 8)")
+    parser.add_argument(
+        "--rows", type=int, action="append", help="completions (a multiple of 8); repeatable with --grouped-scaling"
+    )
+    parser.add_argument("--grouped-scaling", action="store_true", help="peak memory of score --grouped by file size")
     args = parser.parse_args()
+    if args.grouped_scaling:
+        grouped_scaling(sorted(args.rows or [1_000_000, 5_000_000, 10_000_000]))
+        return
+    args.rows = (args.rows or [10_000_000])[-1]
     print("| input | command | wall | peak memory | x scored columns |\n|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for shuffle in (False, True):
