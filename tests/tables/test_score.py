@@ -10,7 +10,8 @@ import reference
 from conftest import assert_tables_equal
 
 from shfcas_fast import ShfcasTypeError, ShfcasValueError, io
-from shfcas_fast.tables import SCORE_FIELDS, score_file, score_table, scored_schema
+from shfcas_fast.tables import SCORE_FIELDS, default_batch_rows, score_file, score_table, scored_schema
+from shfcas_fast.tables.score import DEFAULT_BATCH_BYTES
 
 
 def reference_rows(prompts: list, logprob: np.ndarray, reward: np.ndarray) -> dict[str, np.ndarray]:
@@ -101,3 +102,13 @@ def test_score_file_writes_what_score_table_returns(tmp_path, adjacent, grouped)
     assert summary.degenerate == len(degenerate_prompts) > 0
     with pytest.raises(FileExistsError):
         score_file(source, output)
+
+
+def test_default_batch_is_bounded_by_bytes(tmp_path):
+    narrow, wide = tmp_path / "narrow.parquet", tmp_path / "wide.parquet"
+    io.write_table(narrow, pa.table({"prompt": ["p"] * 10, "reward": np.zeros(10)}))
+    io.write_table(wide, pa.table({"prompt": ["p"] * 10, "completion": ["x" * 100_000] * 10}))
+    assert default_batch_rows(narrow) == io.DEFAULT_BATCH_ROWS
+    # Rows of about 100 kB: as many as fit in DEFAULT_BATCH_BYTES.
+    assert default_batch_rows(wide) == DEFAULT_BATCH_BYTES // (io.read_table(wide).nbytes / 10)
+    assert default_batch_rows(wide, ["prompt"]) == io.DEFAULT_BATCH_ROWS
