@@ -148,11 +148,6 @@ class AdjacentGroups:
         self._open_start = 0
         self._closed = _HashSet()
 
-    @property
-    def rows(self) -> int:
-        """The number of keys added so far."""
-        return self._rows
-
     def add(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """int64 sizes of the groups that the next rows ``keys`` close, in order; the last group stays open."""
         if isinstance(keys, pa.ChunkedArray):

@@ -185,15 +185,18 @@ def _with_scores(table: pa.Table, scores: ConflictScores, rows: np.ndarray | sli
 
 
 def _as_table(rows: Any, what: str) -> pa.Table:
-    """An Arrow table of ``rows``: a table, a record batch, or a mapping of column names to columns."""
+    """An Arrow table of ``rows``: a table, a record batch, a DataFrame, or a mapping of column names to columns."""
     if isinstance(rows, pa.Table):
         return rows
     if isinstance(rows, pa.RecordBatch):
         return pa.Table.from_batches([rows])
-    if isinstance(rows, Mapping):
+    if isinstance(rows, Mapping):  # e.g. the batches of datasets.Dataset.map
         return pa.table({name: rows[name] for name in rows.keys()})
-    if hasattr(rows, "__arrow_c_stream__") or type(rows).__name__ == "DataFrame":
-        return pa.table(rows)
+    if not isinstance(rows, (list, tuple)):
+        try:
+            return pa.table(rows)  # pandas, and anything with the Arrow stream interface (polars)
+        except TypeError:
+            pass
     raise ShfcasTypeError(
         f"{what} must be a pyarrow Table or RecordBatch, a DataFrame, or a mapping of column names to "
         f"columns, got {type(rows).__name__}"
@@ -316,11 +319,6 @@ class StreamingScorer:
         self._input_schema: pa.Schema | None = None  # of the first batch: later ones must match it
         self._open: pa.Table | None = None  # rows of the open prompt, carried into the next batch
         self._open_first_row = 0  # stream row of the open prompt's first row
-
-    @property
-    def schema(self) -> pa.Schema | None:
-        """The schema of the scored rows (``None`` until the first batch)."""
-        return None if self._input_schema is None else scored_schema(self._input_schema)
 
     def push(self, rows: Any) -> pa.Table:
         """Add the next ``rows``; returns the scored rows of the prompts they complete (possibly none)."""
