@@ -10,7 +10,7 @@ from conftest import adjacent_completions, assert_tables_equal
 from datasets.table import InMemoryTable
 
 from shfcas_fast import ShfcasTypeError, ShfcasValueError
-from shfcas_fast.tables import StreamingScorer, score_table
+from shfcas_fast.tables import StreamingScorer, score_dataset, score_table
 
 OPTIONS = {"logprob_column": "token_logprobs"}
 
@@ -104,3 +104,17 @@ def test_a_prompt_longer_than_many_batches():
     scorer = StreamingScorer(**OPTIONS)
     streamed = pa.concat_tables([scorer.push(batch) for batch in batches_of(table, 4)] + [scorer.finish()])
     assert_tables_equal(streamed, score_table(table, **OPTIONS))
+
+
+def test_score_dataset_scores_the_current_row_order(adjacent):
+    rows = datasets.Dataset(InMemoryTable(adjacent)).shuffle(seed=3)
+    scored = score_dataset(rows, **OPTIONS)
+    assert_tables_equal(scored.with_format("arrow")[:], score_table(rows.with_format("arrow")[:], **OPTIONS))
+    with pytest.raises(ShfcasTypeError, match="StreamingScorer.scored_batches"):
+        score_dataset(rows.to_iterable_dataset(), **OPTIONS)
+
+
+def test_iterable_dataset_batches_stream(adjacent):
+    rows = datasets.Dataset(InMemoryTable(adjacent)).to_iterable_dataset()
+    pieces = StreamingScorer(**OPTIONS).scored_batches(rows.with_format("arrow").iter(batch_size=13))
+    assert_tables_equal(pa.concat_tables(list(pieces)), score_table(adjacent, **OPTIONS))

@@ -19,7 +19,7 @@ Example:
 
 ```
 
-Each step works on Arrow tables in memory (``score_table``, ``select_table``, ``annotation_tasks``,
+Each step works on Arrow tables in memory (``score_table``, or ``score_dataset`` for a ``datasets.Dataset``, ``select_table``, ``annotation_tasks``,
 ``preference_pairs``), on a stream of batches (:class:`StreamingScorer`), or on files that may be
 larger than memory (``score_file``, ``select_file``, ``export_file``, ``pairs_file``: Parquet, JSONL
 or CSV in, Parquet or JSONL out, written atomically). The ``shfcas`` command line is a thin layer
@@ -32,7 +32,15 @@ from .annotate import ExportSummary, annotation_tasks, export_file
 from .columns import PER_COMPLETION_FIELDS, SCORE_FIELDS, NanPolicy
 from .grouping import Groups, group_rows
 from .pairs import PairsSummary, pairs_file, preference_pairs
-from .score import ScoreSummary, StreamingScorer, default_batch_rows, score_file, score_table, scored_schema
+from .score import (
+    ScoreSummary,
+    StreamingScorer,
+    default_batch_rows,
+    score_dataset,
+    score_file,
+    score_table,
+    scored_schema,
+)
 from .select import OutputKind, ScoredPrompts, SelectSummary, load_scored, scored_prompts, select_file, select_table
 
 __all__ = [
@@ -54,6 +62,7 @@ __all__ = [
     "load_scored",
     "pairs_file",
     "preference_pairs",
+    "score_dataset",
     "score_file",
     "score_table",
     "scored_prompts",

@@ -75,6 +75,7 @@ __all__ = [
     "ScoreSummary",
     "StreamingScorer",
     "default_batch_rows",
+    "score_dataset",
     "score_file",
     "score_table",
     "scored_schema",
@@ -255,6 +256,48 @@ def score_table(
     )
 
 
+def score_dataset(
+    dataset: Any,
+    *,
+    prompt_column: str = "prompt",
+    logprob_column: str = "logprob",
+    reward_column: str = "reward",
+    nan_policy: NanPolicy = "raise",
+) -> Any:
+    """:func:`score_table` of a ``datasets.Dataset``, as a new ``Dataset`` (its features kept).
+
+    Example:
+    ```python
+    >>> import datasets
+    >>> rows = datasets.Dataset.from_dict({"prompt": ["a", "b", "a", "b"], "logprob": [-1.0, -1.0, -2.0, -3.0],
+    ...                                    "reward": [0.0, 1.0, 1.0, 0.0]})
+    >>> scored = score_dataset(rows.shuffle(seed=0))
+    >>> sorted(zip(scored["prompt"], scored["kendall_tau"]))
+    [('a', -1.0), ('a', -1.0), ('b', 1.0), ('b', 1.0)]
+
+    ```
+
+    The rows are scored in the data set's current order (after ``shuffle``, ``select`` or
+    ``filter``); a prompt's rows may be anywhere. The result is held in memory.
+    """
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    if not isinstance(dataset, Dataset):
+        raise ShfcasTypeError(
+            f"dataset must be a datasets.Dataset, got {type(dataset).__name__} (stream an IterableDataset "
+            "through StreamingScorer.scored_batches)"
+        )
+    table = score_table(
+        dataset.with_format("arrow")[:],
+        prompt_column=prompt_column,
+        logprob_column=logprob_column,
+        reward_column=reward_column,
+        nan_policy=nan_policy,
+    )
+    return Dataset(InMemoryTable(table))
+
+
 class StreamingScorer:
     """Score a stream of batches whose prompts' rows are adjacent, as if the whole table were scored at once.
 
@@ -301,7 +344,9 @@ class StreamingScorer:
 
     ```
 
-    :meth:`scored_batches` is the same as an iterator: ``for scored in scorer.scored_batches(reader)``.
+    :meth:`scored_batches` is the same as an iterator: ``for scored in scorer.scored_batches(reader)``
+    over a ``pyarrow.RecordBatchReader``, or over the batches of a streamed data set,
+    ``iterable_dataset.with_format("arrow").iter(batch_size=1024)``.
     """
 
     def __init__(
