@@ -118,3 +118,14 @@ def test_iterable_dataset_batches_stream(adjacent):
     rows = datasets.Dataset(InMemoryTable(adjacent)).to_iterable_dataset()
     pieces = StreamingScorer(**OPTIONS).scored_batches(rows.with_format("arrow").iter(batch_size=13))
     assert_tables_equal(pa.concat_tables(list(pieces)), score_table(adjacent, **OPTIONS))
+
+
+def test_columns_may_be_numpy_arrays_or_torch_tensors():
+    import torch
+
+    columns = {"prompt": np.array([1, 1, 2, 2]), "logprob": torch.tensor([-1.0, -2.0, -3.0, -1.0]), "reward": [0.0, 1.0, 2.0, 2.5]}
+    expected = score_table(pa.table({name: np.asarray(values) for name, values in columns.items()}))
+    scorer = StreamingScorer()
+    assert_tables_equal(pa.concat_tables([scorer.push(columns), scorer.finish()]), expected)
+    with pytest.raises(ShfcasTypeError, match="column 'logprob' is not a 1-D column"):
+        StreamingScorer().push({**columns, "logprob": np.zeros((4, 2))})

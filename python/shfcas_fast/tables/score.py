@@ -185,6 +185,18 @@ def _with_scores(table: pa.Table, scores: ConflictScores, rows: np.ndarray | sli
     return table
 
 
+def _as_column(values: Any, name: str, what: str) -> pa.Array | pa.ChunkedArray:
+    """An Arrow array of a column given as an Arrow array, a sequence, or an array (numpy, torch on the CPU)."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    try:
+        if hasattr(values, "__array__") and not isinstance(values, np.ndarray):
+            values = np.asarray(values)
+        return pa.array(values)
+    except (pa.ArrowException, TypeError, ValueError) as err:
+        raise ShfcasTypeError(f"{what}: column {name!r} is not a 1-D column of values: {err}") from err
+
+
 def _as_table(rows: Any, what: str) -> pa.Table:
     """An Arrow table of ``rows``: a table, a record batch, a DataFrame, or a mapping of column names to columns."""
     if isinstance(rows, pa.Table):
@@ -192,7 +204,7 @@ def _as_table(rows: Any, what: str) -> pa.Table:
     if isinstance(rows, pa.RecordBatch):
         return pa.Table.from_batches([rows])
     if isinstance(rows, Mapping):  # e.g. the batches of datasets.Dataset.map
-        return pa.table({name: rows[name] for name in rows.keys()})
+        return pa.table({name: _as_column(rows[name], name, what) for name in rows.keys()})
     if not isinstance(rows, (list, tuple)):
         try:
             return pa.table(rows)  # pandas, and anything with the Arrow stream interface (polars)
