@@ -17,6 +17,7 @@ from trl.trainer.utils import selective_log_softmax
 
 import reference
 from shfcas_fast import logprobs as lp
+from shfcas_fast.ops import zscore
 from test_logprobs import (
     DTYPES,
     error_bound,
@@ -139,7 +140,7 @@ def test_score_logits_on_the_device_matches_the_float64_reference():
 
 
 def test_score_logits_kernel_sweeps_groups_larger_than_its_block():
-    sizes = np.array([lp.GROUP_BLOCK + 37, 3])
+    sizes = np.array([zscore.GROUP_BLOCK + 37, 3])
     n = int(sizes.sum())
     logits, labels, mask = (t.to(DEVICE) for t in ragged_case(n, 2, 64, torch.float32, seed=16))
     rewards = torch.randn(n, generator=torch.Generator().manual_seed(17))

@@ -16,6 +16,8 @@ from trl.trainer.utils import selective_log_softmax
 import reference
 import shfcas_fast
 from shfcas_fast import logprobs as lp
+from shfcas_fast.ops import hidden_logprobs as hidden_op
+from shfcas_fast.ops import logprobs as logits_op
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -97,7 +99,7 @@ def test_mean_divides_by_counted_tokens_and_empty_rows_give_zero():
 def test_torch_path_is_exact_across_chunk_boundaries(monkeypatch):
     logits, labels, mask = ragged_case(3, 11, 257, torch.float32, seed=3)
     whole = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
-    monkeypatch.setattr(lp, "TORCH_LOGITS_CHUNK_ELEMENTS", 3 * 257)  # three rows per chunk
+    monkeypatch.setattr(logits_op, "TORCH_CHUNK_ELEMENTS", 3 * 257)  # three rows per chunk
     chunked = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
 
@@ -105,8 +107,8 @@ def test_torch_path_is_exact_across_chunk_boundaries(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hidden_path_matches_the_explicit_matmul(dtype, monkeypatch):
     # Chunks smaller than the problem: 3 token chunks and 3 vocabulary chunks, the last ones ragged.
-    monkeypatch.setattr(lp, "HIDDEN_CHUNK_TOKENS", 8)
-    monkeypatch.setattr(lp, "HIDDEN_CHUNK_VOCAB", 400)
+    monkeypatch.setattr(hidden_op, "CHUNK_TOKENS", 8)
+    monkeypatch.setattr(hidden_op, "CHUNK_VOCAB", 400)
     generator = torch.Generator().manual_seed(4)
     hidden = torch.randn(3, 9, 24, generator=generator).to(dtype)
     weight = (torch.randn(1000, 24, generator=generator) / 3).to(dtype)

@@ -2,8 +2,8 @@
 
 Torch tensors in, torch tensors out on the same device. Every entry point is autograd-free (scoring
 data, not training) and accumulates in fp32 whatever the input dtype. ``backend`` picks the
-implementation: ``"auto"`` runs the Triton kernels of :mod:`shfcas_fast.kernels` on CUDA and torch
-elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
+implementation: ``"auto"`` runs the Triton kernels of the ops in :mod:`shfcas_fast.ops` on CUDA and
+torch elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
 before triton is first imported), ``"torch"`` forces the chunked torch path.
 
 Example:
@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from . import _core
-from ._validation import as_float_pair, group_offsets
-from .scoring import ConflictScores, kendall_tau, score
+from ._validation import as_float_pair
+from .ops import hidden_logprobs, zscore
+from .ops import logprobs as logits_logprobs
+from .scoring import ConflictScores
 
 if TYPE_CHECKING:  # transformers is only needed by the caller that passes a model
     from transformers import PreTrainedModel
@@ -43,20 +44,6 @@ Backend = Literal["auto", "triton", "torch"]
 Reduction = Literal["sum", "mean"]
 
 _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: Vocabulary chunk one program of the logits kernel streams at a time.
-LOGITS_BLOCK_V = 4096
-#: The torch logits path upcasts at most this many logits to fp32 at once (64 MiB).
-TORCH_LOGITS_CHUNK_ELEMENTS = 1 << 24
-#: The torch hidden-state path builds fp32 logits tiles of at most this many tokens x vocabulary.
-HIDDEN_CHUNK_TOKENS = 2048
-HIDDEN_CHUNK_VOCAB = 8192
-#: Tile of the hidden-state kernel on a GPU (tokens, vocabulary, hidden) and its launch settings.
-HIDDEN_GPU_BLOCKS = (128, 128, 64)
-HIDDEN_GPU_LAUNCH = {"num_warps": 8, "num_stages": 3}
-#: Small tiles under the interpreter, so test shapes still span several tiles and slices.
-HIDDEN_INTERPRETER_BLOCKS = (16, 32, 16)
-#: Block of the per-prompt z-score kernel (groups larger than this are swept in chunks).
-GROUP_BLOCK = 128
 #: Config attributes of architectures whose final logits are not ``lm_head(hidden)``.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -105,12 +92,9 @@ def sequence_logprobs(
     _check_temperature(temperature)
     _check_reduction(reduction)
     counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, logits.device)
-    with torch.no_grad():
-        if _use_triton(backend, logits.device):
-            token_logprobs = _token_logprobs_triton(logits, labels, counted, temperature)
-        else:
-            token_logprobs = _token_logprobs_torch(logits, labels, counted, temperature)
-        return _reduce_positions(token_logprobs.view(batch, positions), counted, reduction)
+    use_triton = _use_triton(backend, logits.device)
+    total = logits_logprobs.sequence_logprob_sums(logits, labels, counted, temperature, use_triton=use_triton)
+    return _reduce(total, counted, reduction)
 
 
 def sequence_logprobs_from_hidden(
@@ -129,7 +113,7 @@ def sequence_logprobs_from_hidden(
 
     Equal to ``sequence_logprobs(hidden @ weight.T + bias, labels, ...)`` but never holds more than a
     tile of logits: on a GPU a tiled matmul with an online log-sum-exp (Triton), elsewhere a torch
-    loop over chunks of ``HIDDEN_CHUNK_TOKENS`` tokens x ``HIDDEN_CHUNK_VOCAB`` vocabulary entries.
+    loop over bounded chunks of tokens x vocabulary entries (:mod:`shfcas_fast.ops.hidden_logprobs`).
     Only counted positions are computed.
 
     Example:
@@ -168,19 +152,11 @@ def sequence_logprobs_from_hidden(
     _check_temperature(temperature)
     _check_reduction(reduction)
     counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, hidden.device)
-    with torch.no_grad():
-        rows = counted.reshape(-1).nonzero().squeeze(1)
-        row_labels = labels.reshape(-1)[rows].to(torch.int64)
-        hidden_rows = hidden.reshape(-1, hidden_size)
-        if hidden_rows.stride(-1) != 1:
-            hidden_rows = hidden_rows.contiguous()
-        if _use_triton(backend, hidden.device):
-            counted_logprobs = _hidden_logprobs_triton(hidden_rows, weight, bias, rows, row_labels, temperature)
-        else:
-            counted_logprobs = _hidden_logprobs_torch(hidden_rows, weight, bias, rows, row_labels, temperature)
-        token_logprobs = torch.zeros(batch * positions, dtype=torch.float32, device=hidden.device)
-        token_logprobs[rows] = counted_logprobs
-        return _reduce_positions(token_logprobs.view(batch, positions), counted, reduction)
+    use_triton = _use_triton(backend, hidden.device)
+    total = hidden_logprobs.sequence_logprob_sums(
+        hidden, weight, bias, labels, counted, temperature, use_triton=use_triton
+    )
+    return _reduce(total, counted, reduction)
 
 
 def score_logits(
@@ -231,25 +207,8 @@ def score_logits(
     if isinstance(rewards, torch.Tensor):
         rewards = rewards.detach().to("cpu")
     logprobs_host, rewards_host = as_float_pair(sequence.cpu(), rewards, "logprobs", "rewards")
-    if not _use_triton(backend, logits.device):
-        return score(logprobs_host, rewards_host, group_sizes)
-
-    offsets = group_offsets(group_sizes, logprobs_host.shape[0])
-    z_logprob, z_reward, pacs, conflict, degenerate = _group_pacs_triton(
-        sequence.double(),
-        torch.from_numpy(rewards_host).to(logits.device, torch.float64),
-        torch.from_numpy(offsets).to(logits.device),
-    )
-    tau = kendall_tau(logprobs_host, rewards_host, offsets[1:] - offsets[:-1])
-    return ConflictScores(
-        pacs=pacs.cpu().numpy(),
-        z_logprob=z_logprob.cpu().numpy(),
-        z_reward=z_reward.cpu().numpy(),
-        group_conflict=conflict.cpu().numpy(),
-        kendall_tau=tau,
-        kendall_distance=(1.0 - tau) / 2.0,
-        degenerate=degenerate.cpu().numpy().astype(bool),
-    )
+    use_triton = _use_triton(backend, logits.device)
+    return zscore.conflict_scores(sequence, logprobs_host, rewards_host, group_sizes, use_triton=use_triton)
 
 
 def policy_logprobs(
@@ -465,182 +424,8 @@ def _triton_installed() -> bool:
     return True
 
 
-# --- logits path ----------------------------------------------------------------------------------
-
-
-def _token_logprobs_torch(
-    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Flat float32 ``[B * T]`` label log-probs, 0 where not counted, in bounded fp32 chunks."""
-    batch, positions, vocab = logits.shape
-    out = torch.zeros(batch * positions, dtype=torch.float32, device=logits.device)
-    rows = counted.reshape(-1).nonzero().squeeze(1)
-    chunk = max(1, TORCH_LOGITS_CHUNK_ELEMENTS // vocab)
-    for start in range(0, rows.numel(), chunk):
-        row = rows[start : start + chunk]
-        b, t = row // positions, row % positions
-        x = logits[b, t].float() / temperature
-        label_logits = x.gather(1, labels[b, t].long().unsqueeze(1)).squeeze(1)
-        out[row] = label_logits - torch.logsumexp(x, dim=1)
-    return out
-
-
-def _token_logprobs_triton(
-    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    from .kernels.logprobs import token_logprobs_kernel
-
-    batch, positions, vocab = logits.shape
-    if logits.stride(-1) != 1:  # the kernel needs unit stride along the vocabulary only
-        logits = logits.contiguous()
-    out = torch.zeros(batch * positions, dtype=torch.float32, device=logits.device)
-    block_v = min(LOGITS_BLOCK_V, _next_power_of_2(vocab))
-    token_logprobs_kernel[(batch * positions,)](
-        logits,
-        labels.reshape(-1).contiguous(),
-        counted.reshape(-1).to(torch.int8),
-        out,
-        positions,
-        vocab,
-        logits.stride(0),
-        logits.stride(1),
-        float(temperature),
-        BLOCK_V=block_v,
-        num_warps=8 if block_v >= 2048 else 4,
-    )
-    return out
-
-
-def _reduce_positions(token_logprobs: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``[B, T]`` token log-probs (0 where not counted) to ``[B]``; torch's sum is deterministic."""
-    total = token_logprobs.sum(dim=1)
+def _reduce(total: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sequence sums to the requested reduction; a sequence with no counted token gives 0."""
     if reduction == "mean":
         return total / counted.sum(dim=1).clamp_min(1).to(torch.float32)
     return total
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-# --- hidden-state path ------------------------------------------------------------------------------
-
-
-def _hidden_logprobs_torch(
-    hidden_rows: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Label log-probs of ``hidden_rows[rows]`` with an online log-sum-exp over fp32 logits tiles."""
-    num_tokens, vocab = rows.numel(), weight.shape[0]
-    device = hidden_rows.device
-    running_max = torch.full((num_tokens,), -math.inf, dtype=torch.float32, device=device)
-    running_sum = torch.zeros(num_tokens, dtype=torch.float32, device=device)
-    label_logit = torch.zeros(num_tokens, dtype=torch.float32, device=device)
-    for vocab_start in range(0, vocab, HIDDEN_CHUNK_VOCAB):
-        weight_chunk = weight[vocab_start : vocab_start + HIDDEN_CHUNK_VOCAB].float()
-        bias_chunk = None if bias is None else bias[vocab_start : vocab_start + HIDDEN_CHUNK_VOCAB].float()
-        chunk_vocab = weight_chunk.shape[0]
-        for token_start in range(0, num_tokens, HIDDEN_CHUNK_TOKENS):
-            tokens = slice(token_start, token_start + HIDDEN_CHUNK_TOKENS)
-            logits = torch.nn.functional.linear(hidden_rows[rows[tokens]].float(), weight_chunk, bias_chunk)
-            logits /= temperature
-            local = labels[tokens] - vocab_start
-            inside = (local >= 0) & (local < chunk_vocab)
-            picked = logits.gather(1, local.clamp(0, chunk_vocab - 1).unsqueeze(1)).squeeze(1)
-            label_logit[tokens] += torch.where(inside, picked, 0.0)
-            new_max = torch.maximum(running_max[tokens], logits.max(dim=1).values)
-            tile_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)  # in place: one tile alive
-            running_sum[tokens] = running_sum[tokens] * torch.exp(running_max[tokens] - new_max) + tile_sum
-            running_max[tokens] = new_max
-    return label_logit - running_max - torch.log(running_sum)
-
-
-def _hidden_logprobs_triton(
-    hidden_rows: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    from .kernels.hidden_logprobs import hidden_partials_kernel
-
-    num_tokens, vocab = rows.numel(), weight.shape[0]
-    if num_tokens == 0:
-        return torch.zeros(0, dtype=torch.float32, device=hidden_rows.device)
-    if weight.stride(-1) != 1:
-        weight = weight.contiguous()
-    on_gpu = hidden_rows.device.type == "cuda"
-    block_t, block_v, block_h = HIDDEN_GPU_BLOCKS if on_gpu else HIDDEN_INTERPRETER_BLOCKS
-    token_tiles = -(-num_tokens // block_t)
-    # Split the vocabulary so that few tokens still give every SM two programs; the interpreter gets
-    # several slices too, so the tests cover the combination of partials.
-    target_programs = 2 * torch.cuda.get_device_properties(hidden_rows.device).multi_processor_count if on_gpu else 4
-    vocab_tiles = -(-vocab // block_v)
-    slices = min(vocab_tiles, max(1, -(-target_programs // token_tiles)))
-    slice_size = -(-vocab_tiles // slices) * block_v
-    slices = -(-vocab // slice_size)
-    partials = torch.empty(3, slices, num_tokens, dtype=torch.float32, device=hidden_rows.device)
-    hidden_partials_kernel[(token_tiles, slices)](
-        hidden_rows,
-        weight,
-        weight if bias is None else bias,  # never read without bias (HAS_BIAS=False)
-        rows,
-        labels,
-        partials[0],
-        partials[1],
-        partials[2],
-        num_tokens,
-        vocab,
-        hidden_rows.shape[1],
-        hidden_rows.stride(0),
-        weight.stride(0),
-        slice_size,
-        float(temperature),
-        HAS_BIAS=bias is not None,
-        # fp32 inputs take the exact fp32 dot, not TF32 (16-bit inputs ignore this).
-        INPUT_PRECISION="ieee",
-        UPCAST_TILES=not on_gpu and hidden_rows.dtype == torch.bfloat16,
-        BLOCK_T=block_t,
-        BLOCK_V=block_v,
-        BLOCK_H=block_h,
-        **(HIDDEN_GPU_LAUNCH if on_gpu else {}),
-    )
-    slice_max, slice_sum, slice_label = partials
-    total_max = slice_max.max(dim=0).values
-    log_normaliser = total_max + torch.log((slice_sum * torch.exp(slice_max - total_max)).sum(dim=0))
-    return slice_label.sum(dim=0) - log_normaliser
-
-
-# --- per-prompt statistics ---------------------------------------------------------------------------
-
-
-def _group_pacs_triton(
-    logprobs: torch.Tensor, rewards: torch.Tensor, offsets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(z_logprob, z_reward, pacs, group_conflict, degenerate)`` of float64 ``[n]`` inputs."""
-    from .kernels.zscore import group_pacs_kernel
-
-    n, groups = logprobs.shape[0], offsets.shape[0] - 1
-    z_logprob, z_reward, pacs = (torch.empty(n, dtype=torch.float64, device=logprobs.device) for _ in range(3))
-    conflict = torch.empty(groups, dtype=torch.float64, device=logprobs.device)
-    degenerate = torch.empty(groups, dtype=torch.int8, device=logprobs.device)
-    if groups:
-        group_pacs_kernel[(groups,)](
-            logprobs,
-            rewards,
-            offsets,
-            z_logprob,
-            z_reward,
-            pacs,
-            conflict,
-            degenerate,
-            STD_EPS=_core.Z_EPSILON,
-            DEGENERATE_STD=_core.DEGENERATE_STD,
-            BLOCK=GROUP_BLOCK,
-        )
-    return z_logprob, z_reward, pacs, conflict, degenerate
