@@ -17,6 +17,9 @@ from trl.trainer.utils import selective_log_softmax
 
 import reference
 from shfcas_fast import logprobs as lp
+from shfcas_fast.errors import ShfcasValueError
+from shfcas_fast.ops import hidden_logprobs as hidden_op
+from shfcas_fast.ops import logprobs as logits_op
 from shfcas_fast.ops import zscore
 from test_logprobs import (
     DTYPES,
@@ -65,6 +68,41 @@ def test_logits_kernel_lanes_past_the_vocabulary_add_nothing(vocab):
     labels = torch.tensor([[0, vocab - 1]], device=DEVICE)
     got = lp.sequence_logprobs(logits, labels, backend="triton")
     torch.testing.assert_close(got.double().cpu(), torch.tensor([-2 * np.log(vocab)], dtype=torch.float64))
+
+
+# Vocabulary 40 in blocks of 16: [0, 16), [16, 32), [32, 40).
+@pytest.mark.parametrize("blocked", [(0, 16), (16, 32), (32, 40), (0, 32)], ids=["first", "middle", "last", "two"])
+def test_logits_kernel_a_block_of_only_minus_inf_adds_nothing(blocked, monkeypatch):
+    # Filtered (top-k, grammar) logits: a block whose max is -inf must not give exp(-inf - -inf) = NaN.
+    monkeypatch.setattr(logits_op, "BLOCK_V", 16)
+    generator = torch.Generator().manual_seed(22)
+    logits = torch.randn(2, 3, 40, generator=generator)
+    logits[..., blocked[0] : blocked[1]] = -torch.inf
+    allowed = torch.tensor([v for v in range(40) if not blocked[0] <= v < blocked[1]])
+    labels = allowed[torch.randint(0, allowed.numel(), (2, 3), generator=generator)]
+    got = lp.sequence_logprobs(logits.to(DEVICE), labels.to(DEVICE), temperature=0.8, backend="triton")
+    expected = reference_sequence_logprobs(logits, labels, torch.ones(2, 3, dtype=torch.bool), 0.8)
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_logits_kernel_a_leading_vocabulary_block_of_minus_inf():
+    logits = torch.zeros(1, 1, logits_op.BLOCK_V + 1, device=DEVICE)
+    logits[..., : logits_op.BLOCK_V] = -torch.inf  # the only finite logit is the label's: log-prob 0
+    got = lp.sequence_logprobs(logits, torch.tensor([[logits_op.BLOCK_V]], device=DEVICE), backend="triton")
+    assert got.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_logits_kernel_refuses_nan_or_inf_at_a_counted_position(bad):
+    logits = torch.zeros(2, 3, 50, device=DEVICE)
+    logits[1, 2, 7] = bad
+    labels = torch.ones(2, 3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ShfcasValueError, match=r"logits give a NaN log-probability for sequence 1"):
+        lp.sequence_logprobs(logits, labels, backend="triton")
+    mask = torch.ones(2, 3, dtype=torch.bool, device=DEVICE)
+    mask[1, 2] = False  # never read
+    got = lp.sequence_logprobs(logits, labels, mask=mask, backend="triton")
+    torch.testing.assert_close(got.cpu(), torch.tensor([-3 * np.log(50), -2 * np.log(50)], dtype=torch.float32))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
@@ -119,6 +157,29 @@ def test_hidden_kernel_without_bias_all_masked_row_and_determinism():
     assert first[2] == 0.0
     expected = reference_sequence_logprobs(hidden.double() @ weight.double().T, labels, mask)
     torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+# Vocabulary 200 in tiles of 32, four slices of two tiles: [0, 64), [64, 128), [128, 192), [192, 200).
+@pytest.mark.parametrize(
+    "blocked",
+    [(0, 32), (64, 96), (96, 128), (192, 200), (0, 128)],
+    ids=["first-tile", "leading-tile-of-a-slice", "second-tile-of-a-slice", "last-tile", "two-slices"],
+)
+def test_hidden_kernel_a_tile_of_only_minus_inf_bias_adds_nothing(blocked, monkeypatch):
+    for blocks in ("GPU_BLOCKS", "INTERPRETER_BLOCKS"):
+        monkeypatch.setattr(hidden_op, blocks, (16, 32, 16))
+    generator = torch.Generator().manual_seed(23)
+    hidden, weight = torch.randn(2, 3, 8, generator=generator), torch.randn(200, 8, generator=generator)
+    bias = torch.randn(200, generator=generator)
+    bias[blocked[0] : blocked[1]] = -torch.inf
+    allowed = torch.tensor([v for v in range(200) if not blocked[0] <= v < blocked[1]])
+    labels = allowed[torch.randint(0, allowed.numel(), (2, 3), generator=generator)]
+    got = lp.sequence_logprobs_from_hidden(
+        *(t.to(DEVICE) for t in (hidden, weight, labels)), bias=bias.to(DEVICE), backend="triton"
+    )
+    logits = hidden.double() @ weight.double().T + bias.double()
+    expected = reference_sequence_logprobs(logits, labels, torch.ones(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_score_logits_on_the_device_matches_the_float64_reference():

@@ -4,7 +4,17 @@ Torch tensors in, torch tensors out on the same device. Every entry point is aut
 data, not training) and accumulates in fp32 whatever the input dtype. ``backend`` picks the
 implementation: ``"auto"`` runs the Triton kernels of the ops in :mod:`shfcas_fast.ops` on CUDA and
 torch elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
-before triton is first imported), ``"torch"`` forces the chunked torch path.
+before triton is first imported), ``"torch"`` forces the chunked torch path; the torch path never
+imports triton.
+
+Non-finite values: a logit of ``-inf`` is a token the sampler could not pick (top-k, top-p or
+grammar filtering) and adds nothing to the normaliser; a label whose logit is ``-inf`` has
+probability 0 and gives a sequence log-probability of ``-inf``. A NaN or ``+inf`` logit at a
+counted position (or a counted position whose logits are all ``-inf``) has no log-probability: it
+makes the sequence's result NaN, and every entry point then raises a
+:class:`~shfcas_fast.errors.ShfcasValueError` naming the input and the sequence. Uncounted
+positions are never read, so what they hold does not matter. Arguments are checked before any
+work and bad ones raise :class:`~shfcas_fast.errors.ShfcasTypeError` or ``ShfcasValueError``.
 
 Example:
 ```python
@@ -20,12 +30,15 @@ torch.Size([4])
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from ._validation import as_float_pair
+from .errors import ShfcasTypeError, ShfcasValueError
 from .ops import hidden_logprobs, zscore
 from .ops import logprobs as logits_logprobs
 from .scoring import ConflictScores
@@ -76,8 +89,9 @@ def sequence_logprobs(
         labels: ``[B, T]`` integers aligned with ``logits`` (``logits[b, t]`` scores ``labels[b, t]``,
             as in TRL's ``selective_log_softmax``).
         mask: optional ``[B, T]`` bool or 0/1 tensor; positions where it is False add nothing.
-        temperature: the logits are divided by it before the log-softmax.
-        ignore_index: label value of positions that add nothing.
+        temperature: the logits are divided by it before the log-softmax; any positive real scalar
+            (a Python or numpy number, or a 0-d tensor).
+        ignore_index: label value of positions that add nothing (an integer).
         reduction: ``"sum"`` (the paper's ``l``) or ``"mean"`` (divided by the number of counted tokens;
             0 for a sequence with none).
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see the module docstring).
@@ -88,12 +102,13 @@ def sequence_logprobs(
     _check_tensor(logits, "logits", ndim=3, dtypes=_LOGITS_DTYPES)
     batch, positions, vocab = logits.shape
     if vocab == 0:
-        raise ValueError("logits has an empty vocabulary dimension")
-    _check_temperature(temperature)
+        raise ShfcasValueError("logits has an empty vocabulary dimension")
+    temperature = _as_temperature(temperature)
     _check_reduction(reduction)
     counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, logits.device)
     use_triton = _use_triton(backend, logits.device)
     total = logits_logprobs.sequence_logprob_sums(logits, labels, counted, temperature, use_triton=use_triton)
+    _refuse_nan(total, "logits")
     return _reduce(total, counted, reduction)
 
 
@@ -141,21 +156,24 @@ def sequence_logprobs_from_hidden(
     _check_tensor(weight, "weight", ndim=2, dtypes=(hidden.dtype,), device=hidden.device)
     batch, positions, hidden_size = hidden.shape
     vocab = weight.shape[0]
+    if hidden_size == 0:
+        raise ShfcasValueError(f"hidden has a hidden size of 0 (shape {tuple(hidden.shape)}); there is nothing to score")
     if weight.shape[1] != hidden_size:
-        raise ValueError(f"weight must be [V, {hidden_size}] to match hidden, got {tuple(weight.shape)}")
+        raise ShfcasValueError(f"weight must be [V, {hidden_size}] to match hidden, got {tuple(weight.shape)}")
     if vocab == 0:
-        raise ValueError("weight has an empty vocabulary dimension")
+        raise ShfcasValueError("weight has an empty vocabulary dimension")
     if bias is not None:
         _check_tensor(bias, "bias", ndim=1, dtypes=_LOGITS_DTYPES, device=hidden.device)
         if bias.shape[0] != vocab:
-            raise ValueError(f"bias must have {vocab} entries to match weight, got {bias.shape[0]}")
-    _check_temperature(temperature)
+            raise ShfcasValueError(f"bias must have {vocab} entries to match weight, got {bias.shape[0]}")
+    temperature = _as_temperature(temperature)
     _check_reduction(reduction)
     counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, hidden.device)
     use_triton = _use_triton(backend, hidden.device)
     total = hidden_logprobs.sequence_logprob_sums(
         hidden, weight, bias, labels, counted, temperature, use_triton=use_triton
     )
+    _refuse_nan(total, "hidden, weight or bias")
     return _reduce(total, counted, reduction)
 
 
@@ -225,8 +243,11 @@ def policy_logprobs(
 
     Runs the model's decoder for the last hidden state, then :func:`sequence_logprobs_from_hidden` on
     the output embeddings (tied or not). Token ``t + 1`` is scored from position ``t``; it counts when
-    ``response_mask`` and ``attention_mask`` are both true at ``t + 1``. Position ids come from the
-    attention mask as in ``generate``, so left padding does not change a sequence's log-probability.
+    ``response_mask`` and ``attention_mask`` are both true at ``t + 1`` and ``attention_mask`` is true
+    at ``t``. So the first real token of a row is never scored, padded or not: it has no context
+    (there is no prediction for token 0 of an unpadded row, and a pad position is no context). Position
+    ids come from the attention mask as in ``generate``; padding never changes a sequence's
+    log-probability.
     Equal to the naive ``model(input_ids, attention_mask=..., position_ids=...).logits`` computation.
     Put the model in eval mode first: dropout would make the log-probabilities random.
 
@@ -254,23 +275,30 @@ def policy_logprobs(
         float32 ``[B]`` on the model's device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ShfcasValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    temperature = _as_temperature(temperature)
     _check_no_logit_transform(model)
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
-        raise TypeError(f"model's output embeddings must be a torch.nn.Linear, got {type(head).__name__}")
+        raise ShfcasTypeError(f"model's output embeddings must be a torch.nn.Linear, got {type(head).__name__}")
+    _check_tensor(head.weight, "model's output embedding weight", ndim=2, dtypes=_LOGITS_DTYPES)
+    use_triton = _use_triton(backend, head.weight.device)
     _check_tensor(input_ids, "input_ids", ndim=2)
     _check_integer_dtype(input_ids, "input_ids")
     _check_in_vocabulary(input_ids, "input_ids", head.weight.shape[0])
     for name, tensor in (("attention_mask", attention_mask), ("response_mask", response_mask)):
         _check_tensor(tensor, name, ndim=2, device=input_ids.device)
         if tensor.shape != input_ids.shape:
-            raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
+            raise ShfcasValueError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}"
+            )
     decoder = model.get_decoder()
-    labels = torch.full_like(input_ids, -100)
+    labels = torch.zeros_like(input_ids)
     labels[:, :-1] = input_ids[:, 1:]
+    attended = attention_mask.bool()
     counted = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-    counted[:, :-1] = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    # Position t scores token t + 1 only when t itself is attended: a pad position is no context.
+    counted[:, :-1] = response_mask[:, 1:].bool() & attended[:, 1:] & attended[:, :-1]
     # As generate computes them (GenerationMixin._prepare_position_ids_for_generation): each token's
     # position counts only the attended tokens before it, so left padding shifts nothing.
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
@@ -286,17 +314,19 @@ def policy_logprobs(
                 use_cache=False,
             ).last_hidden_state
             chunks.append(
-                sequence_logprobs_from_hidden(
+                hidden_logprobs.sequence_logprob_sums(
                     hidden.to(head.weight.dtype),
                     head.weight,
+                    head.bias,
                     labels[batch],
-                    bias=head.bias,
-                    mask=counted[batch],
-                    temperature=temperature,
-                    backend=backend,
+                    counted[batch],
+                    temperature,
+                    use_triton=use_triton,
                 )
             )
-    return torch.cat(chunks)
+    total = torch.cat(chunks)
+    _refuse_nan(total, "the model's hidden states or output embeddings")
+    return total
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -311,26 +341,49 @@ def _check_tensor(
     device: torch.device | None = None,
 ) -> None:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise ShfcasTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ShfcasValueError(f"{name} is a meta tensor: it has a shape but no data to score")
     if value.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+        raise ShfcasValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
     if dtypes is not None and value.dtype not in dtypes:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name} must have dtype {allowed}, got {str(value.dtype).removeprefix('torch.')}")
+        raise ShfcasTypeError(f"{name} must have dtype {allowed}, got {str(value.dtype).removeprefix('torch.')}")
     if device is not None and value.device != device:
-        raise ValueError(f"{name} is on {value.device} but the other inputs are on {device}")
+        raise ShfcasValueError(f"{name} is on {value.device} but the other inputs are on {device}")
 
 
-def _check_temperature(temperature: Any) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and positive, got {temperature}")
+def _as_temperature(temperature: Any) -> float:
+    """Any positive finite real scalar (Python, numpy, or a one-element real tensor) as a float."""
+    if isinstance(temperature, torch.Tensor):
+        real = not (temperature.dtype.is_complex or temperature.dtype == torch.bool)
+        if temperature.numel() != 1 or temperature.ndim > 1 or not real or temperature.device.type == "meta":
+            raise ShfcasTypeError(
+                f"temperature must be a real number, got a {str(temperature.dtype).removeprefix('torch.')} "
+                f"tensor of shape {tuple(temperature.shape)} on {temperature.device}"
+            )
+        value = float(temperature.item())
+    elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        value = float(temperature)
+    else:
+        raise ShfcasTypeError(f"temperature must be a real number, got {type(temperature).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ShfcasValueError(f"temperature must be finite and positive, got {value}")
+    return value
+
+
+def _as_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, bool):
+        raise ShfcasTypeError("ignore_index must be an int, got bool")
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise ShfcasTypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}") from None
 
 
 def _check_reduction(reduction: Any) -> None:
     if reduction not in ("sum", "mean"):
-        raise ValueError(f'reduction must be "sum" or "mean", got {reduction!r}')
+        raise ShfcasValueError(f'reduction must be "sum" or "mean", got {reduction!r}')
 
 
 def _counted_positions(
@@ -338,19 +391,19 @@ def _counted_positions(
     mask: Any,
     shape: tuple[int, int],
     vocab: int,
-    ignore_index: int,
+    ignore_index: Any,
     device: torch.device,
 ) -> torch.Tensor:
     """Bool ``[B, T]``: positions that add their label's log-probability; checks labels and mask."""
     _check_tensor(labels, "labels", ndim=2, device=device)
     _check_integer_dtype(labels, "labels")
     if tuple(labels.shape) != shape:
-        raise ValueError(f"labels must have shape {shape} to match the inputs, got {tuple(labels.shape)}")
-    counted = labels != ignore_index
+        raise ShfcasValueError(f"labels must have shape {shape} to match the inputs, got {tuple(labels.shape)}")
+    counted = labels != _as_ignore_index(ignore_index)
     if mask is not None:
         _check_tensor(mask, "mask", ndim=2, device=device)
         if tuple(mask.shape) != shape:
-            raise ValueError(f"mask must have shape {shape} to match the inputs, got {tuple(mask.shape)}")
+            raise ShfcasValueError(f"mask must have shape {shape} to match the inputs, got {tuple(mask.shape)}")
         counted &= mask.bool()
     _check_in_vocabulary(labels, "labels", vocab, where=counted)
     return counted
@@ -358,17 +411,17 @@ def _counted_positions(
 
 def _check_integer_dtype(ids: torch.Tensor, name: str) -> None:
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers, got dtype {str(ids.dtype).removeprefix('torch.')}")
+        raise ShfcasTypeError(f"{name} must hold integers, got dtype {str(ids.dtype).removeprefix('torch.')}")
 
 
 def _check_in_vocabulary(ids: torch.Tensor, name: str, vocab: int, where: torch.Tensor | None = None) -> None:
-    """ValueError naming the first ``[b, t]`` (among ``where``, if given) whose id is outside ``[0, vocab)``."""
+    """ShfcasValueError naming the first ``[b, t]`` (among ``where``, if given) whose id is outside ``[0, vocab)``."""
     out_of_range = (ids < 0) | (ids >= vocab)
     if where is not None:
         out_of_range &= where
     if out_of_range.any():
         b, t = (int(i) for i in out_of_range.nonzero()[0])
-        raise ValueError(f"{name}[{b}, {t}] is {int(ids[b, t])}, outside the vocabulary [0, {vocab})")
+        raise ShfcasValueError(f"{name}[{b}, {t}] is {int(ids[b, t])}, outside the vocabulary [0, {vocab})")
 
 
 def _check_no_logit_transform(model: torch.nn.Module) -> None:
@@ -377,7 +430,7 @@ def _check_no_logit_transform(model: torch.nn.Module) -> None:
     for attribute in _LOGIT_TRANSFORMS:
         value = getattr(config, attribute, None)
         if value is not None:
-            raise ValueError(
+            raise ShfcasValueError(
                 f"model config sets {attribute}={value!r}, a final-logit transform that policy_logprobs "
                 f"does not apply; score this model with sequence_logprobs on its logits"
             )
@@ -389,9 +442,9 @@ def _use_triton(backend: Any, device: torch.device) -> bool:
     if backend == "auto":
         return device.type == "cuda" and _triton_installed()
     if backend != "triton":
-        raise ValueError(f'backend must be "auto", "triton" or "torch", got {backend!r}')
+        raise ShfcasValueError(f'backend must be "auto", "triton" or "torch", got {backend!r}')
     if not _triton_installed():
-        raise ValueError('backend="triton" needs the triton package (pip install "shfcas-fast[gpu]")')
+        raise ShfcasValueError('backend="triton" needs the triton package (pip install "shfcas-fast[gpu]")')
     if device.type != "cuda":
         _check_interpreter(device)
     return True
@@ -402,7 +455,7 @@ def _check_interpreter(device: torch.device) -> None:
     function is defined, its own ``tl.max``/``tl.sum`` included: the variable must be set before
     triton is first imported, not just before our kernels are."""
     if os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
+        raise ShfcasValueError(
             f'backend="triton" on {device} tensors needs TRITON_INTERPRET=1 set before triton is imported; '
             f'use backend="torch" or CUDA tensors'
         )
@@ -410,7 +463,7 @@ def _check_interpreter(device: torch.device) -> None:
     from triton.runtime.interpreter import InterpretedFunction
 
     if not isinstance(tl.max, InterpretedFunction):
-        raise ValueError(
+        raise ShfcasValueError(
             f'backend="triton" on {device} tensors: triton was imported before TRITON_INTERPRET=1 was set, '
             f"so it compiles instead of interpreting; export TRITON_INTERPRET=1 before starting Python"
         )
@@ -422,6 +475,19 @@ def _triton_installed() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _refuse_nan(total: torch.Tensor, source: str) -> None:
+    """Raise naming ``source`` if a sequence's log-probability is NaN. NaN propagates through the
+    log-sum-exp and the sum, so testing the ``[B]`` result finds every NaN or +inf counted logit
+    for one reduction over ``B`` values."""
+    nan = torch.isnan(total)
+    if bool(nan.any()):
+        sequence = int(nan.nonzero()[0, 0])
+        raise ShfcasValueError(
+            f"{source} give a NaN log-probability for sequence {sequence}: a counted position's logits "
+            f"hold NaN or +inf, or are all -inf"
+        )
 
 
 def _reduce(total: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -111,9 +111,10 @@ def hidden_partials_kernel(
         # Columns past the slice must be -inf, not 0, before the max and the sum of exponentials.
         logits = tl.where(col_ok[None, :], logits, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(logits, axis=1))
-        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(
-            tl.exp(logits - new_max[:, None]), axis=1
-        )
+        # A -inf bias can make every tile seen so far -inf: shift by 0 then, not by -inf, which
+        # would give exp(-inf - -inf) = NaN instead of the empty sum 0.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(logits - shift[:, None]), axis=1)
         running_max = new_max
         label_logit += tl.sum(tl.where(cols[None, :] == labels[:, None], logits, 0.0), axis=1)
 
@@ -181,8 +182,8 @@ def _counted_logprobs_triton(
         **(GPU_LAUNCH if on_gpu else {}),
     )
     slice_max, slice_sum, slice_label = partials
-    total_max = slice_max.max(dim=0).values
-    log_normaliser = total_max + torch.log((slice_sum * torch.exp(slice_max - total_max)).sum(dim=0))
+    shift = _finite_shift(slice_max.max(dim=0).values)
+    log_normaliser = shift + torch.log((slice_sum * torch.exp(slice_max - shift)).sum(dim=0))
     return slice_label.sum(dim=0) - log_normaliser
 
 
@@ -218,10 +219,18 @@ def _counted_logprobs_torch(
             picked = logits.gather(1, local.clamp(0, chunk_vocab - 1).unsqueeze(1)).squeeze(1)
             label_logit[tokens] += torch.where(inside, picked, 0.0)
             new_max = torch.maximum(running_max[tokens], logits.max(dim=1).values)
-            tile_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)  # in place: one tile alive
-            running_sum[tokens] = running_sum[tokens] * torch.exp(running_max[tokens] - new_max) + tile_sum
+            shift = _finite_shift(new_max)
+            tile_sum = logits.sub_(shift.unsqueeze(1)).exp_().sum(dim=1)  # in place: one tile alive
+            running_sum[tokens] = running_sum[tokens] * torch.exp(running_max[tokens] - shift) + tile_sum
             running_max[tokens] = new_max
-    return label_logit - running_max - torch.log(running_sum)
+    shift = _finite_shift(running_max)
+    return label_logit - shift - torch.log(running_sum)
+
+
+def _finite_shift(running_max: torch.Tensor) -> torch.Tensor:
+    """The max to subtract before ``exp``, 0 where it is -inf (every logit so far -inf): shifting by
+    -inf would give ``exp(-inf - -inf) = NaN`` instead of the empty sum 0."""
+    return running_max.masked_fill(running_max == -math.inf, 0.0)
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ The Triton kernel runs one program per token (tokens on grid axis 0, which has n
 program whose token is not counted (masked out, or labelled ``ignore_index``) reads nothing and
 leaves its output at 0, so prompt and padding positions cost no memory traffic. A counted token
 streams its row of ``V`` logits once in ``BLOCK_V`` chunks with an online log-sum-exp in fp32,
-whatever the input dtype. The torch fallback gathers the counted rows in bounded fp32 chunks.
+whatever the input dtype; chunks of only ``-inf`` (filtered logits) add nothing. The torch fallback gathers the counted rows in bounded fp32 chunks.
 
 Example:
 ```python
@@ -59,20 +59,18 @@ def token_logprobs_kernel(
         position = token % num_positions
         row_ptr = logits_ptr + batch * stride_batch + position * stride_position
         lanes = tl.arange(0, BLOCK_V)
-
-        # Lanes past V read -inf so they add exp(-inf) = 0 and never win the max.
-        x = tl.load(row_ptr + lanes, mask=lanes < vocab_size, other=float("-inf")).to(tl.float32)
-        x = x / temperature
-        running_max = tl.max(x, axis=0)
-        running_sum = tl.sum(tl.exp(x - running_max), axis=0)
-        for start in range(BLOCK_V, vocab_size, BLOCK_V):
+        running_max = tl.full([], float("-inf"), tl.float32)
+        running_sum = tl.zeros([], tl.float32)
+        for start in range(0, vocab_size, BLOCK_V):
             cols = start + lanes
+            # Lanes past V read -inf so they add exp(-inf) = 0 and never win the max.
             x = tl.load(row_ptr + cols, mask=cols < vocab_size, other=float("-inf")).to(tl.float32)
             x = x / temperature
             new_max = tl.maximum(running_max, tl.max(x, axis=0))
-            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(
-                tl.exp(x - new_max), axis=0
-            )
+            # Filtered logits can make every block seen so far -inf: shift by 0 then, not by -inf,
+            # which would give exp(-inf - -inf) = NaN instead of the empty sum 0.
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+            running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(tl.exp(x - shift), axis=0)
             running_max = new_max
 
         label = tl.load(labels_ptr + token).to(tl.int64)
@@ -126,7 +124,9 @@ def _token_logprobs_torch(
         b, t = row // positions, row % positions
         x = logits[b, t].float() / temperature
         label_logits = x.gather(1, labels[b, t].long().unsqueeze(1)).squeeze(1)
-        out[row] = label_logits - torch.logsumexp(x, dim=1)
+        log_normaliser = torch.logsumexp(x, dim=1)
+        # A +inf logit has no log-softmax: NaN, as the kernel gives (torch would give -inf).
+        out[row] = (label_logits - log_normaliser).masked_fill_(log_normaliser == torch.inf, torch.nan)
     return out
 
 
