@@ -9,6 +9,10 @@ say which. The test marked ``gpu`` needs real hardware: the bf16 tensor-core mat
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -261,6 +265,46 @@ def test_hidden_kernel_offsets_past_2_to_the_31():
     logits = hidden[:, -tail:].double() @ weight.double().T
     expected = reference_sequence_logprobs(logits, labels[:, -tail:], mask[:, -tail:])
     torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=1e-5, atol=1e-3)
+
+
+# Compiling (not interpreting) for sm_90 needs no GPU: Triton's front end, LLVM and ptxas run on the
+# CPU. It catches what the interpreter lets through (loop-carried types, constexpr annotations).
+_COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from shfcas_fast.ops import hidden_logprobs, logprobs, zscore
+
+def compile_sm90(kernel, types, constexprs):
+    fn = kernel.jitted
+    signature = dict(zip(fn.arg_names, types.split())) | {name: "constexpr" for name in constexprs}
+    keys = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+    compiled = triton.compile(triton.compiler.ASTSource(fn, signature, keys), target=GPUTarget("cuda", 90, 32))
+    print(fn.__name__, "cubin" in compiled.asm)
+
+compile_sm90(logprobs.token_logprobs_kernel, "*bf16 *i64 *i8 *fp32 i32 i32 i64 i64 fp32", {"BLOCK_V": 4096})
+compile_sm90(
+    hidden_logprobs.hidden_partials_kernel,
+    "*bf16 *bf16 *bf16 *i64 *i64 *fp32 *fp32 *fp32 i32 i32 i32 i64 i64 i64 fp32",
+    {"HAS_BIAS": True, "INPUT_PRECISION": "ieee", "UPCAST_TILES": False, "BLOCK_T": 128, "BLOCK_V": 128, "BLOCK_H": 64},
+)
+compile_sm90(
+    zscore.group_pacs_kernel,
+    "*fp64 *fp64 *i64 *fp64 *fp64 *fp64 *fp64 *i8",
+    {"STD_EPS": 1e-8, "DEGENERATE_STD": 1e-6, "BLOCK": zscore.GROUP_BLOCK},
+)
+"""
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_to_a_cubin_for_sm90(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "token_logprobs_kernel", "True", "hidden_partials_kernel", "True", "group_pacs_kernel", "True"
+    ]
 
 
 @needs_cuda
