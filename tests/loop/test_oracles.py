@@ -173,14 +173,16 @@ _ANNOTATOR = textwrap.dedent(
     request_file, lock_file, file_format, save = sys.argv[1:5]
     if file_format == "parquet":
         import pyarrow as pa, pyarrow.parquet as pq
+    print("ready", flush=True)
 
     def read():
-        if not os.path.exists(request_file):  # every row labelled and stored: the oracle removed it
+        try:
+            if file_format == "parquet":
+                return pq.read_table(request_file).to_pylist()
+            with open(request_file, encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle]
+        except FileNotFoundError:  # every row labelled and stored: the oracle removed the file
             return []
-        if file_format == "parquet":
-            return pq.read_table(request_file).to_pylist()
-        with open(request_file, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle]
 
     def write(rows, path):
         if file_format == "parquet":
@@ -219,26 +221,32 @@ _ANNOTATOR = textwrap.dedent(
 )
 def test_no_label_is_lost_or_asked_again_while_score_polls_during_annotation(tmp_path, file_format, save):
     oracle = FileOracle(tmp_path, file_format=file_format)
-    prompts = [f"p{i // 4} " for i in range(24)]
-    completions = [f"c{i % 4}" for i in range(24)]
-    assert _pending(oracle, prompts, completions) == 24
+    count = 24 if file_format == "jsonl" else 8  # Parquet saves are slower
+    prompts = [f"p{i // 4} " for i in range(count)]
+    completions = [f"c{i % 4}" for i in range(count)]
+    assert _pending(oracle, prompts, completions) == count
     annotator = subprocess.Popen(
-        [sys.executable, "-c", _ANNOTATOR, str(oracle.request_file), str(tmp_path / "requests.lock"), file_format, save],
+        [sys.executable, "-c", _ANNOTATOR, str(oracle.request_file), str(tmp_path / "requests.lock"), file_format,
+         save],
         stdout=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    polls = 0
-    while annotator.poll() is None and time.monotonic() < deadline:
-        try:
-            oracle.score(prompts, completions)
-        except LabelsPending:
-            pass
-        polls += 1
-    output, _ = annotator.communicate(timeout=10)
+    try:
+        assert annotator.stdout is not None and annotator.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 20
+        polls = 0
+        while annotator.poll() is None and time.monotonic() < deadline:
+            try:
+                oracle.score(prompts, completions)
+            except LabelsPending:
+                pass
+            polls += 1
+        output, _ = annotator.communicate(timeout=10)
+    finally:
+        annotator.kill()
     seen = json.loads(output)
     given = seen["given"]
-    assert len(given) == 24 and polls > 1
+    assert len(given) == count and polls > 1
     # No completion the annotator labelled ever came back to it unlabelled.
     assert seen["asked_again"] == []
     reference = [given[label_key(p, c)] for p, c in zip(prompts, completions)]
@@ -255,7 +263,8 @@ def test_parquet_requests_keep_what_annotators_saved_when_new_ones_are_added(tmp
 
     assert _pending(oracle, ["q ", "q "], ["a", "b"]) == 2
     rows = _read(oracle.request_file, "parquet")
-    assert [(row["key"], row["note"]) for row in rows] == [(label_key("q ", "a"), "unsure"), (label_key("q ", "b"), None)]
+    expected = [(label_key("q ", "a"), "unsure"), (label_key("q ", "b"), None)]
+    assert [(row["key"], row["note"]) for row in rows] == expected
 
 
 def test_a_parquet_save_during_the_update_wins_and_the_update_waits(tmp_path, monkeypatch):
@@ -299,3 +308,15 @@ def test_score_waits_for_a_tool_holding_the_lock_and_then_gives_up_naming_it(tmp
     assert _pending(oracle, ["q "], ["a"]) == 1
     with pytest.raises(ValueError, match="lock_timeout"):
         FileOracle(tmp_path, lock_timeout=0)
+
+
+def test_a_request_whose_key_a_tool_dropped_is_refused_naming_its_row(tmp_path):
+    oracle = FileOracle(tmp_path)
+    assert _pending(oracle, ["q ", "q "], ["a", "b"]) == 2
+    rows = _read(oracle.request_file, "jsonl")
+    del rows[1]["key"]
+    rows[1]["score"] = 1.0
+    _write(oracle.request_file, rows, "jsonl")
+    with pytest.raises(ValueError, match=r"requests\.jsonl: row 2: a request needs its 'key'"):
+        oracle.score(["q ", "q "], ["a", "b"])
+    assert oracle.labels() == {}

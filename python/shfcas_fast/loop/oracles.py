@@ -407,7 +407,7 @@ class FileOracle:
         for number, row in requests.rows:
             key = row.get("key") if isinstance(row, dict) else None
             if not isinstance(key, str):
-                raise ShfcasValueError(f"{self.request_file}: row {number}: a request needs its string 'key' as written")
+                raise ShfcasValueError(f"{self.request_file}: row {number}: a request needs its 'key' as written")
             if row.get("score") is not None and key not in stored:
                 try:
                     value = _finite_score(row["score"])
