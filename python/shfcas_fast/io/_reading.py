@@ -54,7 +54,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from ..errors import ShfcasValueError
+from ..errors import ShfcasError, ShfcasValueError
 from ._formats import TEXT_FORMATS, file_format
 
 __all__ = [
@@ -83,7 +83,10 @@ def _naming(path: Path | str) -> Iterator[None]:
     """Say which file Arrow could not read."""
     try:
         yield
-    except pa.ArrowException as err:
+    except ShfcasError:
+        raise
+    # Arrow reports some corrupt data (e.g. a bad compressed page) as a bare OSError.
+    except (pa.ArrowException, OSError) as err:
         message = " ".join(str(err).split())
         raise ShfcasValueError(f"cannot read {path}: {message}") from err
 
