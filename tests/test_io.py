@@ -189,6 +189,35 @@ def test_conversational_prompts_key_across_shards(tmp_path):
     assert io.prompt_keys(pa.array([None, [question]])).to_pylist()[0] is None
 
 
+def reference_key(messages):
+    """json.dumps of the messages without their null fields, keys sorted, compact, non-ASCII kept."""
+    def without_nulls(value):
+        if isinstance(value, dict):
+            return {key: without_nulls(item) for key, item in value.items() if item is not None}
+        return [without_nulls(item) for item in value] if isinstance(value, list) else value
+
+    return json.dumps(without_nulls(messages), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("content_type", [pa.string(), pa.large_string()])
+def test_prompt_keys_escape_like_json(content_type):
+    texts = ['say "hi"', "back\\slash", "new\nline\ttab\rcr", "nul\x00 bell\x07 \x1f del\x7f", "ünï 🙂 \u2028", "", 'a"b']
+    conversations = [[{"role": "user", "content": text, "name": None}, {"role": "assistant", "content": None, "name": "x"}] for text in texts]
+    conversations += [None, [], [None], [{"role": None, "content": None, "name": None}]]
+    message = pa.struct([("role", pa.string()), ("content", content_type), ("name", pa.string())])
+    column = pa.array(conversations, type=pa.list_(message))
+    for rows in (column, column.slice(2, 8), pa.chunked_array([column.slice(0, 3), column.slice(3)])):
+        expected = [None if row is None else reference_key(row) for row in rows.to_pylist()]
+        assert io.prompt_keys(rows).to_pylist() == expected
+
+
+def test_prompt_keys_of_multimodal_messages():
+    parts = [{"type": "text", "text": "Describe"}, {"type": "image", "text": None}]
+    column = pa.array([[{"role": "user", "content": parts}], [{"role": "user", "content": parts[:1]}]])
+    assert io.is_conversational(column.type)
+    assert io.prompt_keys(column).to_pylist() == [reference_key(row) for row in column.to_pylist()]
+
+
 # --- reading errors ----------------------------------------------------------------------------------
 
 
