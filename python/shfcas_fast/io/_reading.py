@@ -239,7 +239,8 @@ def _unify(files: Sequence[Path], schemas: Sequence[pa.Schema]) -> pa.Schema:
         try:
             unified = pa.unify_schemas([unified, schema], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise ShfcasValueError(f"the columns of {file} do not match those of {files[0]}: {err}") from None
+            problem = " ".join(str(err).split())
+            raise ShfcasValueError(f"the columns of {file} do not match those of {files[0]}: {problem}") from None
     return unified
 
 
