@@ -96,6 +96,7 @@ def test_shards_missing_a_column_read_it_as_nulls(tmp_path):
     pq.write_table(pa.table({"prompt": ["a"], "reward": [1.0]}), tmp_path / "0.parquet")
     pq.write_table(pa.table({"prompt": ["b"], "reward": [2.0], "note": ["kept"]}), tmp_path / "1.parquet")
     assert io.read_table(tmp_path).to_pydict() == {"prompt": ["a", "b"], "reward": [1.0, 2.0], "note": [None, "kept"]}
+    assert io.read_table(tmp_path, ["note"]).to_pydict() == {"note": [None, "kept"]}
 
 
 @pytest.mark.parametrize(
