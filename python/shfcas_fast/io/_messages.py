@@ -3,7 +3,6 @@
 Example:
 ```python
 >>> import pyarrow as pa
-import pyarrow.compute as pc
 >>> from shfcas_fast import io
 >>> prompts = pa.array([
 ...     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
