@@ -155,6 +155,8 @@ def test_unsupported_inputs_name_the_path(tmp_path):
         io.read_schema(tmp_path / "x.parquet.gz")
     with pytest.raises(ShfcasValueError, match="unknown file type '.txt'"):
         io.read_schema(tmp_path / "absent.txt")
+    with pytest.raises(FileNotFoundError, match=r"absent-folder does not exist"):
+        io.read_schema(tmp_path / "absent-folder")
     with pytest.raises(FileNotFoundError, match="matches no files"):
         io.read_schema(str(tmp_path / "nothing-*.parquet"))
     (tmp_path / "empty").mkdir()

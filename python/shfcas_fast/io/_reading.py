@@ -157,6 +157,8 @@ def _format_and_files(location: Source) -> tuple[str, list[Path]]:
     if path.is_dir():
         return _folder_files(path)
     if path.exists() or not _GLOB_CHARACTERS.search(str(location)):
+        if not path.exists() and not path.suffix:  # a missing folder, most likely
+            raise FileNotFoundError(f"{path} does not exist")
         fmt, _ = file_format(path)
         _check_file(path)
         return fmt, [path]
