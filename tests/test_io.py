@@ -205,7 +205,8 @@ def reference_key(messages):
 @pytest.mark.parametrize("content_type", [pa.string(), pa.large_string()])
 def test_prompt_keys_escape_like_json(content_type):
     texts = ['say "hi"', "back\\slash", "new\nline\ttab\rcr", "nul\x00 bell\x07 \x1f del\x7f", "ünï 🙂 \u2028", "", 'a"b']
-    conversations = [[{"role": "user", "content": text, "name": None}, {"role": "assistant", "content": None, "name": "x"}] for text in texts]
+    answer = {"role": "assistant", "content": None, "name": "x"}
+    conversations = [[{"role": "user", "content": text, "name": None}, answer] for text in texts]
     conversations += [None, [], [None], [{"role": None, "content": None, "name": None}]]
     message = pa.struct([("role", pa.string()), ("content", content_type), ("name", pa.string())])
     column = pa.array(conversations, type=pa.list_(message))
@@ -230,7 +231,8 @@ def test_csv_over_16_mib_with_newlines_in_values(tmp_path):
     paragraph = "line of a long completion\n" * 120
     completions = [f"{index}: {paragraph}" for index in range(rows)]
     reward = np.arange(rows, dtype=np.float64) / 7
-    path = write_csv(tmp_path / "long.csv", {"prompt": [f"p{i // 8}" for i in range(rows)], "completion": completions, "reward": reward})
+    prompts = [f"p{index // 8}" for index in range(rows)]
+    path = write_csv(tmp_path / "long.csv", {"prompt": prompts, "completion": completions, "reward": reward})
     assert path.stat().st_size > 17 << 20
     table = io.read_table(path, ["completion", "reward"])
     assert table["completion"].to_pylist() == completions

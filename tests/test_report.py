@@ -58,8 +58,9 @@ def test_overwrite_refuses_a_folder_holding_the_input(tmp_path):
                 pytest.fail("the block must not run")
     # Named as a glob or as the folder of shards it belongs to.
     for source in (str(report / "*.parquet"), report):
-        with pytest.raises(ShfcasValueError, match="holds the input"), report_folder(report, overwrite=True, inputs=[source]):
-            pass
+        with pytest.raises(ShfcasValueError, match="holds the input"):
+            with report_folder(report, overwrite=True, inputs=[source]):
+                pass
     assert sorted(path.name for path in report.iterdir()) == ["scored.parquet"]
 
 
