@@ -204,7 +204,10 @@ def reference_key(messages):
 
 @pytest.mark.parametrize("content_type", [pa.string(), pa.large_string()])
 def test_prompt_keys_escape_like_json(content_type):
-    texts = ['say "hi"', "back\\slash", "new\nline\ttab\rcr", "nul\x00 bell\x07 \x1f del\x7f", "ünï 🙂 \u2028", "", 'a"b']
+    texts = [
+        'say "hi"', "back\\slash", "new\nline\ttab\rcr", "nul\x00 bell\x07 \x1f del\x7f",
+        "ünï 🙂 \u2028", "", 'a"b',
+    ]
     answer = {"role": "assistant", "content": None, "name": "x"}
     conversations = [[{"role": "user", "content": text, "name": None}, answer] for text in texts]
     conversations += [None, [], [None], [{"role": None, "content": None, "name": None}]]
