@@ -1,8 +1,8 @@
-"""GPU benchmark of the path from a model's output to conflict scores (issue 3).
+"""GPU benchmark of the path from a model's output to conflict scores.
 
 Usage:
 ```bash
-python benches/bench_gpu.py --csv benches/gpu_results.csv          # H100/H200, the issue's shapes
+python benches/bench_gpu.py --csv benches/gpu_results.csv          # H100/H200, the shapes below
 python benches/bench_gpu.py --device cpu --csv /tmp/bench_cpu.csv  # tiny shapes: checks the script
 ```
 
@@ -17,7 +17,7 @@ Times are medians of ``triton.testing.do_bench`` on CUDA (of ``perf_counter`` ru
 Every row reports GB/s of the logits read once, % of the measured device-to-device copy bandwidth,
 TFLOP/s and % of the measured bf16 matmul rate (hidden path), and the peak memory allocated during
 the call beyond its inputs. Rows are printed and appended to ``--csv``.
-Targets (issue 3): logits path >= 85% of copy bandwidth and >= 10x eager; hidden path >= 60% of the
+Targets: logits path >= 85% of copy bandwidth and >= 10x eager; hidden path >= 60% of the
 matmul rate with extra memory <= 5% of the logits' size.
 """
 
@@ -235,7 +235,7 @@ def case_inputs(shape: tuple[int, int, int], device: torch.device, seed: int = 0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, default=Path("benches/gpu_results.csv"), help="CSV to append rows to")
-    parser.add_argument("--device", default="cuda", help='"cuda" (the issue\'s shapes) or "cpu" (tiny shapes)')
+    parser.add_argument("--device", default="cuda", help='"cuda" (Qwen- and Llama-sized shapes) or "cpu" (tiny shapes)')
     parser.add_argument("--skip-hidden", action="store_true", help="only the logits path")
     parser.add_argument(
         "--backend",

@@ -72,16 +72,19 @@ def test_pool_works_in_a_forked_child():
     assert queue.get(timeout=5) == expected
 
 
-def test_every_kernel_source_ships_inside_the_package():
-    # Wheels skip symlinked directories, so each kernels/*.py is linked file by file into the package.
-    root = os.path.join(os.path.dirname(__file__), os.pardir)
-    sources = sorted(f for f in os.listdir(os.path.join(root, "kernels")) if f.endswith(".py"))
-    linked = os.path.join(root, "python", "shfcas_fast", "kernels")
-    assert sources, "kernels/ holds no kernel sources"
-    for name in sources:
-        link = os.path.join(linked, name)
-        assert os.path.islink(link), f"python/shfcas_fast/kernels/{name} must link to kernels/{name}"
-        assert os.path.samefile(link, os.path.join(root, "kernels", name))
+def test_the_repository_holds_no_symbolic_links():
+    # Links break on checkouts without symlink support and get copied twice into an sdist: the GPU ops
+    # live as real files inside the package (shfcas_fast/ops).
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+    links = [
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, dirs, files in os.walk(root)
+        if not os.path.relpath(folder, root).startswith(("target", ".git"))
+        for name in dirs + files
+        if os.path.islink(os.path.join(folder, name))
+    ]
+    assert links == []
+    assert os.path.isfile(os.path.join(root, "python", "shfcas_fast", "ops", "logprobs.py"))
 
 
 def test_the_engine_imports_without_torch_and_loads_the_gpu_api_on_use():

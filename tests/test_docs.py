@@ -13,8 +13,8 @@ import shfcas_fast
 MODULES = sorted(
     name
     for _, name, _ in pkgutil.walk_packages(shfcas_fast.__path__, prefix="shfcas_fast.")
-    # Triton sources have no examples (and triton loads lazily); __main__ runs the CLI on import.
-    if not name.startswith("shfcas_fast.kernels") and not name.endswith("__main__")
+    # __main__ runs the CLI on import.
+    if not name.endswith("__main__")
 )
 
 

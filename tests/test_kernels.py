@@ -9,6 +9,10 @@ say which. The test marked ``gpu`` needs real hardware: the bf16 tensor-core mat
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +21,10 @@ from trl.trainer.utils import selective_log_softmax
 
 import reference
 from shfcas_fast import logprobs as lp
+from shfcas_fast.errors import ShfcasValueError
+from shfcas_fast.ops import hidden_logprobs as hidden_op
+from shfcas_fast.ops import logprobs as logits_op
+from shfcas_fast.ops import zscore
 from test_logprobs import (
     DTYPES,
     error_bound,
@@ -64,6 +72,41 @@ def test_logits_kernel_lanes_past_the_vocabulary_add_nothing(vocab):
     labels = torch.tensor([[0, vocab - 1]], device=DEVICE)
     got = lp.sequence_logprobs(logits, labels, backend="triton")
     torch.testing.assert_close(got.double().cpu(), torch.tensor([-2 * np.log(vocab)], dtype=torch.float64))
+
+
+# Vocabulary 40 in blocks of 16: [0, 16), [16, 32), [32, 40).
+@pytest.mark.parametrize("blocked", [(0, 16), (16, 32), (32, 40), (0, 32)], ids=["first", "middle", "last", "two"])
+def test_logits_kernel_a_block_of_only_minus_inf_adds_nothing(blocked, monkeypatch):
+    # Filtered (top-k, grammar) logits: a block whose max is -inf must not give exp(-inf - -inf) = NaN.
+    monkeypatch.setattr(logits_op, "BLOCK_V", 16)
+    generator = torch.Generator().manual_seed(22)
+    logits = torch.randn(2, 3, 40, generator=generator)
+    logits[..., blocked[0] : blocked[1]] = -torch.inf
+    allowed = torch.tensor([v for v in range(40) if not blocked[0] <= v < blocked[1]])
+    labels = allowed[torch.randint(0, allowed.numel(), (2, 3), generator=generator)]
+    got = lp.sequence_logprobs(logits.to(DEVICE), labels.to(DEVICE), temperature=0.8, backend="triton")
+    expected = reference_sequence_logprobs(logits, labels, torch.ones(2, 3, dtype=torch.bool), 0.8)
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_logits_kernel_a_leading_vocabulary_block_of_minus_inf():
+    logits = torch.zeros(1, 1, logits_op.BLOCK_V + 1, device=DEVICE)
+    logits[..., : logits_op.BLOCK_V] = -torch.inf  # the only finite logit is the label's: log-prob 0
+    got = lp.sequence_logprobs(logits, torch.tensor([[logits_op.BLOCK_V]], device=DEVICE), backend="triton")
+    assert got.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_logits_kernel_refuses_nan_or_inf_at_a_counted_position(bad):
+    logits = torch.zeros(2, 3, 50, device=DEVICE)
+    logits[1, 2, 7] = bad
+    labels = torch.ones(2, 3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ShfcasValueError, match=r"logits give a NaN log-probability for sequence 1"):
+        lp.sequence_logprobs(logits, labels, backend="triton")
+    mask = torch.ones(2, 3, dtype=torch.bool, device=DEVICE)
+    mask[1, 2] = False  # never read
+    got = lp.sequence_logprobs(logits, labels, mask=mask, backend="triton")
+    torch.testing.assert_close(got.cpu(), torch.tensor([-3 * np.log(50), -2 * np.log(50)], dtype=torch.float32))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
@@ -120,6 +163,29 @@ def test_hidden_kernel_without_bias_all_masked_row_and_determinism():
     torch.testing.assert_close(first.double(), expected, rtol=1e-5, atol=1e-4)
 
 
+# Vocabulary 200 in tiles of 32, four slices of two tiles: [0, 64), [64, 128), [128, 192), [192, 200).
+@pytest.mark.parametrize(
+    "blocked",
+    [(0, 32), (64, 96), (96, 128), (192, 200), (0, 128)],
+    ids=["first-tile", "leading-tile-of-a-slice", "second-tile-of-a-slice", "last-tile", "two-slices"],
+)
+def test_hidden_kernel_a_tile_of_only_minus_inf_bias_adds_nothing(blocked, monkeypatch):
+    for blocks in ("GPU_BLOCKS", "INTERPRETER_BLOCKS"):
+        monkeypatch.setattr(hidden_op, blocks, (16, 32, 16))
+    generator = torch.Generator().manual_seed(23)
+    hidden, weight = torch.randn(2, 3, 8, generator=generator), torch.randn(200, 8, generator=generator)
+    bias = torch.randn(200, generator=generator)
+    bias[blocked[0] : blocked[1]] = -torch.inf
+    allowed = torch.tensor([v for v in range(200) if not blocked[0] <= v < blocked[1]])
+    labels = allowed[torch.randint(0, allowed.numel(), (2, 3), generator=generator)]
+    got = lp.sequence_logprobs_from_hidden(
+        *(t.to(DEVICE) for t in (hidden, weight, labels)), bias=bias.to(DEVICE), backend="triton"
+    )
+    logits = hidden.double() @ weight.double().T + bias.double()
+    expected = reference_sequence_logprobs(logits, labels, torch.ones(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_score_logits_on_the_device_matches_the_float64_reference():
     logits, labels, mask = ragged_case(13, 6, 1000, torch.float16, seed=14)
     mask[1] = True
@@ -139,7 +205,7 @@ def test_score_logits_on_the_device_matches_the_float64_reference():
 
 
 def test_score_logits_kernel_sweeps_groups_larger_than_its_block():
-    sizes = np.array([lp.GROUP_BLOCK + 37, 3])
+    sizes = np.array([zscore.GROUP_BLOCK + 37, 3])
     n = int(sizes.sum())
     logits, labels, mask = (t.to(DEVICE) for t in ragged_case(n, 2, 64, torch.float32, seed=16))
     rewards = torch.randn(n, generator=torch.Generator().manual_seed(17))
@@ -199,6 +265,46 @@ def test_hidden_kernel_offsets_past_2_to_the_31():
     logits = hidden[:, -tail:].double() @ weight.double().T
     expected = reference_sequence_logprobs(logits, labels[:, -tail:], mask[:, -tail:])
     torch.testing.assert_close(got.double().cpu(), expected.cpu(), rtol=1e-5, atol=1e-3)
+
+
+# Compiling (not interpreting) for sm_90 needs no GPU: Triton's front end, LLVM and ptxas run on the
+# CPU. It catches what the interpreter lets through (loop-carried types, constexpr annotations).
+_COMPILE_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from shfcas_fast.ops import hidden_logprobs, logprobs, zscore
+
+def compile_sm90(kernel, types, constexprs):
+    fn = kernel.jitted
+    signature = dict(zip(fn.arg_names, types.split())) | {name: "constexpr" for name in constexprs}
+    keys = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+    compiled = triton.compile(triton.compiler.ASTSource(fn, signature, keys), target=GPUTarget("cuda", 90, 32))
+    print(fn.__name__, "cubin" in compiled.asm)
+
+compile_sm90(logprobs.token_logprobs_kernel, "*bf16 *i64 *i8 *fp32 i32 i32 i64 i64 fp32", {"BLOCK_V": 4096})
+compile_sm90(
+    hidden_logprobs.hidden_partials_kernel,
+    "*bf16 *bf16 *bf16 *i64 *i64 *fp32 *fp32 *fp32 i32 i32 i32 i64 i64 i64 fp32",
+    {"HAS_BIAS": True, "INPUT_PRECISION": "ieee", "UPCAST_TILES": False, "BLOCK_T": 128, "BLOCK_V": 128, "BLOCK_H": 64},
+)
+compile_sm90(
+    zscore.group_pacs_kernel,
+    "*fp64 *fp64 *i64 *fp64 *fp64 *fp64 *fp64 *i8",
+    {"STD_EPS": 1e-8, "DEGENERATE_STD": 1e-6, "BLOCK": zscore.GROUP_BLOCK},
+)
+"""
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_to_a_cubin_for_sm90(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "token_logprobs_kernel", "True", "hidden_partials_kernel", "True", "group_pacs_kernel", "True"
+    ]
 
 
 @needs_cuda

@@ -8,6 +8,9 @@ shared with test_kernels.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +19,9 @@ from trl.trainer.utils import selective_log_softmax
 import reference
 import shfcas_fast
 from shfcas_fast import logprobs as lp
+from shfcas_fast.errors import ShfcasTypeError, ShfcasValueError
+from shfcas_fast.ops import hidden_logprobs as hidden_op
+from shfcas_fast.ops import logprobs as logits_op
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -97,7 +103,7 @@ def test_mean_divides_by_counted_tokens_and_empty_rows_give_zero():
 def test_torch_path_is_exact_across_chunk_boundaries(monkeypatch):
     logits, labels, mask = ragged_case(3, 11, 257, torch.float32, seed=3)
     whole = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
-    monkeypatch.setattr(lp, "TORCH_LOGITS_CHUNK_ELEMENTS", 3 * 257)  # three rows per chunk
+    monkeypatch.setattr(logits_op, "TORCH_CHUNK_ELEMENTS", 3 * 257)  # three rows per chunk
     chunked = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
 
@@ -105,8 +111,8 @@ def test_torch_path_is_exact_across_chunk_boundaries(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_hidden_path_matches_the_explicit_matmul(dtype, monkeypatch):
     # Chunks smaller than the problem: 3 token chunks and 3 vocabulary chunks, the last ones ragged.
-    monkeypatch.setattr(lp, "HIDDEN_CHUNK_TOKENS", 8)
-    monkeypatch.setattr(lp, "HIDDEN_CHUNK_VOCAB", 400)
+    monkeypatch.setattr(hidden_op, "CHUNK_TOKENS", 8)
+    monkeypatch.setattr(hidden_op, "CHUNK_VOCAB", 400)
     generator = torch.Generator().manual_seed(4)
     hidden = torch.randn(3, 9, 24, generator=generator).to(dtype)
     weight = (torch.randn(1000, 24, generator=generator) / 3).to(dtype)
@@ -148,18 +154,28 @@ def test_score_logits_equals_score_of_sequence_logprobs():
     assert isinstance(got, shfcas_fast.ConflictScores)
 
 
+META = torch.device("meta")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"logits": torch.zeros(2, 3)}, ValueError, "logits must have 3 dimensions"),
-        ({"logits": torch.zeros(2, 3, 4, dtype=torch.float64)}, TypeError, "logits must have dtype"),
-        ({"labels": torch.zeros(2, 3)}, TypeError, "labels must hold integers"),
-        ({"labels": torch.zeros(2, 4, dtype=torch.long)}, ValueError, "labels must have shape"),
-        ({"labels": torch.full((2, 3), 4)}, ValueError, r"labels\[0, 0\] is 4, outside the vocabulary"),
-        ({"mask": torch.ones(3, 3, dtype=torch.bool)}, ValueError, "mask must have shape"),
-        ({"temperature": 0.0}, ValueError, "temperature must be finite and positive"),
-        ({"reduction": "max"}, ValueError, "reduction must be"),
-        ({"backend": "cuda"}, ValueError, "backend must be"),
+        ({"logits": torch.zeros(2, 3)}, ShfcasValueError, "logits must have 3 dimensions"),
+        ({"logits": torch.zeros(2, 3, 4, dtype=torch.float64)}, ShfcasTypeError, "logits must have dtype"),
+        ({"logits": torch.zeros(2, 3, 4, device=META)}, ShfcasValueError, "logits is a meta tensor"),
+        ({"labels": torch.zeros(2, 3)}, ShfcasTypeError, "labels must hold integers"),
+        ({"labels": torch.zeros(2, 4, dtype=torch.long)}, ShfcasValueError, "labels must have shape"),
+        ({"labels": torch.full((2, 3), 4)}, ShfcasValueError, r"labels\[0, 0\] is 4, outside the vocabulary"),
+        ({"labels": torch.zeros(2, 3, dtype=torch.long, device=META)}, ShfcasValueError, "labels is a meta tensor"),
+        ({"mask": torch.ones(3, 3, dtype=torch.bool)}, ShfcasValueError, "mask must have shape"),
+        ({"temperature": 0.0}, ShfcasValueError, "temperature must be finite and positive"),
+        ({"temperature": "1"}, ShfcasTypeError, "temperature must be a real number, got str"),
+        ({"temperature": torch.tensor([1.0, 2.0])}, ShfcasTypeError, "temperature must be a real number"),
+        ({"temperature": torch.tensor(1j)}, ShfcasTypeError, "temperature must be a real number"),
+        ({"ignore_index": "x"}, ShfcasTypeError, "ignore_index must be an int, got str"),
+        ({"ignore_index": -100.0}, ShfcasTypeError, "ignore_index must be an int, got float"),
+        ({"reduction": "max"}, ShfcasValueError, "reduction must be"),
+        ({"backend": "cuda"}, ShfcasValueError, "backend must be"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, error, message):
@@ -176,12 +192,18 @@ def test_out_of_range_labels_at_uncounted_positions_are_fine():
 
 def test_hidden_path_checks_weight_and_bias():
     hidden, labels = torch.zeros(1, 2, 8), torch.zeros(1, 2, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"weight must be \[V, 8\]"):
+    with pytest.raises(ShfcasValueError, match=r"weight must be \[V, 8\]"):
         lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 7), labels)
-    with pytest.raises(TypeError, match="weight must have dtype float32"):
+    with pytest.raises(ShfcasTypeError, match="weight must have dtype float32"):
         lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 8, dtype=torch.bfloat16), labels)
-    with pytest.raises(ValueError, match="bias must have 5 entries"):
+    with pytest.raises(ShfcasValueError, match="bias must have 5 entries"):
         lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 8), labels, bias=torch.zeros(4))
+    with pytest.raises(ShfcasValueError, match="hidden has a hidden size of 0"):
+        lp.sequence_logprobs_from_hidden(torch.zeros(1, 2, 0), torch.zeros(5, 0), labels)
+    with pytest.raises(ShfcasValueError, match="hidden is a meta tensor"):
+        lp.sequence_logprobs_from_hidden(hidden.to(META), torch.zeros(5, 8, device=META), labels.to(META))
+    with pytest.raises(ShfcasTypeError, match="ignore_index must be an int"):
+        lp.sequence_logprobs_from_hidden(hidden, torch.zeros(5, 8), labels, ignore_index="x")
 
 
 def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
@@ -196,3 +218,91 @@ def test_score_logits_refuses_non_finite_log_probs():
     labels = torch.ones(2, 2, dtype=torch.long)
     with pytest.raises(ValueError, match=r"logprobs\[0\] is -inf"):
         lp.score_logits(logits, labels, [0.0, 1.0], 2, backend="torch")
+
+
+@pytest.mark.parametrize(
+    "temperature", [np.float32(0.7), np.float64(0.7), torch.tensor(0.7), torch.tensor(0.7, dtype=torch.float64)]
+)
+def test_temperature_may_be_any_real_scalar(temperature):
+    logits, labels, mask = ragged_case(2, 4, 30, torch.float32, seed=8)
+    got = lp.sequence_logprobs(logits, labels, mask=mask, temperature=temperature, backend="torch")
+    expected = lp.sequence_logprobs(logits, labels, mask=mask, temperature=float(temperature), backend="torch")
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert torch.equal(lp.sequence_logprobs(logits, labels, temperature=np.int64(2)), lp.sequence_logprobs(logits, labels, temperature=2.0))
+
+
+def test_ignore_index_may_be_a_numpy_integer():
+    logits, labels, _ = ragged_case(2, 4, 30, torch.float32, seed=9)
+    got = lp.sequence_logprobs(logits, labels, ignore_index=np.int64(-100), backend="torch")
+    torch.testing.assert_close(got, lp.sequence_logprobs(logits, labels, backend="torch"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_nan_or_inf_logits_at_a_counted_position_are_refused(bad):
+    logits = torch.zeros(2, 3, 50)
+    logits[1, 2, 7] = bad
+    labels = torch.ones(2, 3, dtype=torch.long)
+    with pytest.raises(ShfcasValueError, match=r"logits give a NaN log-probability for sequence 1"):
+        lp.sequence_logprobs(logits, labels, backend="torch")
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False  # an uncounted position is never read
+    got = lp.sequence_logprobs(logits, labels, mask=mask, backend="torch")
+    torch.testing.assert_close(got, torch.tensor([-3 * np.log(50), -2 * np.log(50)], dtype=torch.float32))
+
+
+def test_a_label_of_probability_zero_gives_minus_inf():
+    logits = torch.zeros(1, 2, 5)
+    logits[0, 1, 3] = -torch.inf  # filtered out, and then sampled: log-probability -inf, not an error
+    got = lp.sequence_logprobs(logits, torch.tensor([[0, 3]]), backend="torch")
+    assert got.tolist() == [-np.inf]
+
+
+def test_nan_hidden_states_are_refused():
+    hidden, weight = torch.randn(2, 3, 8), torch.randn(20, 8)
+    hidden[0, 1, 2] = torch.nan
+    labels = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ShfcasValueError, match=r"hidden, weight or bias give a NaN log-probability for sequence 0"):
+        lp.sequence_logprobs_from_hidden(hidden, weight, labels, backend="torch")
+
+
+def test_hidden_path_a_leading_vocabulary_chunk_of_minus_inf_bias():
+    # The whole first chunk of the torch path (8192 entries) is -inf: a running max of -inf must
+    # not give exp(-inf - -inf) = NaN. The only finite logit is the label's: log-prob 0.
+    vocab = hidden_op.CHUNK_VOCAB + 1
+    generator = torch.Generator().manual_seed(10)
+    weight, bias = torch.randn(vocab, 8, generator=generator), torch.zeros(vocab)
+    bias[: hidden_op.CHUNK_VOCAB] = -torch.inf
+    got = lp.sequence_logprobs_from_hidden(
+        torch.randn(1, 1, 8, generator=generator), weight, torch.tensor([[vocab - 1]]), bias=bias, backend="torch"
+    )
+    assert got.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("blocked", [(0, 16), (16, 32), (32, 40), (0, 32)], ids=["first", "middle", "last", "two"])
+def test_hidden_path_a_chunk_of_only_minus_inf_bias_adds_nothing(blocked, monkeypatch):
+    monkeypatch.setattr(hidden_op, "CHUNK_VOCAB", 16)  # chunks [0, 16), [16, 32), [32, 40)
+    monkeypatch.setattr(hidden_op, "CHUNK_TOKENS", 4)
+    generator = torch.Generator().manual_seed(11)
+    hidden, weight = torch.randn(2, 3, 8, generator=generator), torch.randn(40, 8, generator=generator)
+    bias = torch.randn(40, generator=generator)
+    bias[blocked[0] : blocked[1]] = -torch.inf
+    allowed = torch.tensor([v for v in range(40) if not blocked[0] <= v < blocked[1]])
+    labels = allowed[torch.randint(0, allowed.numel(), (2, 3), generator=generator)]
+    got = lp.sequence_logprobs_from_hidden(hidden, weight, labels, bias=bias, backend="torch")
+    logits = hidden.double() @ weight.double().T + bias.double()
+    expected = reference_sequence_logprobs(logits, labels, torch.ones(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_torch_backend_never_imports_triton():
+    code = (
+        "import sys, torch, shfcas_fast\n"
+        "x, y = torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)\n"
+        "shfcas_fast.sequence_logprobs(x, y, backend='torch')\n"
+        "shfcas_fast.sequence_logprobs_from_hidden(x, torch.zeros(4, 5), y, backend='torch')\n"
+        "shfcas_fast.score_logits(x, y, [0.0, 1.0], 2, backend='torch')\n"
+        "print('triton' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["False"]
+

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from shfcas_fast import logprobs as lp
+from shfcas_fast.errors import ShfcasValueError
 
 VOCAB = 211
 
@@ -32,13 +33,14 @@ def tiny_llama() -> transformers.PreTrainedModel:
     return transformers.LlamaForCausalLM(config).eval()  # untied LM head
 
 
-def left_padded_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Five sequences of width 10: left padding, a prompt, then a response of varying length."""
+def left_padded_batch(seed: int, empty_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Five sequences of width 10: left padding, a prompt, then a response of varying length; with
+    ``empty_prompts`` the response is the whole text (its first token included)."""
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, VOCAB, (5, 10), generator=generator)
     positions = torch.arange(10)
     pad = torch.tensor([0, 2, 1, 3, 0]).unsqueeze(1)
-    response_start = torch.tensor([4, 5, 6, 7, 3]).unsqueeze(1)
+    response_start = pad if empty_prompts else torch.tensor([4, 5, 6, 7, 3]).unsqueeze(1)
     attention_mask = (positions >= pad).long()
     input_ids = torch.where(attention_mask.bool(), input_ids, 0)
     return input_ids, attention_mask, (positions >= response_start).long()
@@ -51,26 +53,28 @@ def naive_logprobs(model, input_ids, attention_mask, response_mask, temperature=
         outputs = model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
     logits = outputs.logits[:, :-1].double() / temperature
     picked = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    counted = (response_mask[:, 1:] * attention_mask[:, 1:]).bool()
+    # The first real token has no context: it is never scored, from a pad position or otherwise.
+    counted = (response_mask[:, 1:] * attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
     return torch.where(counted, picked, 0.0).sum(dim=1)
 
 
 @pytest.mark.parametrize("make_model", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_policy_logprobs_match_the_naive_logits(make_model, temperature):
+@pytest.mark.parametrize(("temperature", "empty_prompts"), [(1.0, False), (0.7, False), (1.0, True)])
+def test_policy_logprobs_match_the_naive_logits(make_model, temperature, empty_prompts):
     torch.manual_seed(0)
     model = make_model()
-    batch = left_padded_batch(seed=1)
+    batch = left_padded_batch(seed=1, empty_prompts=empty_prompts)
     got = lp.policy_logprobs(model, *batch, batch_size=2, temperature=temperature, backend="torch")
     assert got.shape == (5,) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), naive_logprobs(model, *batch, temperature), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("make_model", [tiny_gpt2, tiny_llama], ids=["gpt2", "llama"])
-def test_left_padding_does_not_change_a_sequence_logprob(make_model):
+@pytest.mark.parametrize("empty_prompts", [False, True], ids=["prompt", "empty-prompt"])
+def test_left_padding_does_not_change_a_sequence_logprob(make_model, empty_prompts):
     torch.manual_seed(0)
     model = make_model()
-    input_ids, attention_mask, response_mask = left_padded_batch(seed=5)
+    input_ids, attention_mask, response_mask = left_padded_batch(seed=5, empty_prompts=empty_prompts)
     padded = lp.policy_logprobs(model, input_ids, attention_mask, response_mask, backend="torch")
     for row, pad in enumerate((attention_mask == 0).sum(dim=1).tolist()):
         unpadded_ids = input_ids[row : row + 1, pad:]
@@ -110,6 +114,12 @@ def test_an_empty_batch_gives_an_empty_result():
 def test_bad_arguments_are_named():
     model = tiny_gpt2()
     input_ids, attention_mask, response_mask = left_padded_batch(seed=4)
+    with pytest.raises(ShfcasValueError, match="temperature must be finite and positive"):
+        lp.policy_logprobs(model, input_ids, attention_mask, response_mask, temperature=-1.0)
+    with pytest.raises(ShfcasValueError, match="input_ids is a meta tensor"):
+        lp.policy_logprobs(model, input_ids.to("meta"), attention_mask, response_mask)
+    with pytest.raises(ShfcasValueError, match="model's output embedding weight is a meta tensor"):
+        lp.policy_logprobs(tiny_gpt2().to("meta"), input_ids, attention_mask, response_mask)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         lp.policy_logprobs(model, input_ids, attention_mask, response_mask, batch_size=0)
     with pytest.raises(ValueError, match="response_mask must have the shape of input_ids"):

@@ -2,9 +2,19 @@
 
 Torch tensors in, torch tensors out on the same device. Every entry point is autograd-free (scoring
 data, not training) and accumulates in fp32 whatever the input dtype. ``backend`` picks the
-implementation: ``"auto"`` runs the Triton kernels of :mod:`shfcas_fast.kernels` on CUDA and torch
-elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
-before triton is first imported), ``"torch"`` forces the chunked torch path.
+implementation: ``"auto"`` runs the Triton kernels of the ops in :mod:`shfcas_fast.ops` on CUDA and
+torch elsewhere, ``"triton"`` forces the kernels (on CPU tensors only under ``TRITON_INTERPRET=1``, set
+before triton is first imported), ``"torch"`` forces the chunked torch path; the torch path never
+imports triton.
+
+Non-finite values: a logit of ``-inf`` is a token the sampler could not pick (top-k, top-p or
+grammar filtering) and adds nothing to the normaliser; a label whose logit is ``-inf`` has
+probability 0 and gives a sequence log-probability of ``-inf``. A NaN or ``+inf`` logit at a
+counted position (or a counted position whose logits are all ``-inf``) has no log-probability: it
+makes the sequence's result NaN, and every entry point then raises a
+:class:`~shfcas_fast.errors.ShfcasValueError` naming the input and the sequence. Uncounted
+positions are never read, so what they hold does not matter. Arguments are checked before any
+work and bad ones raise :class:`~shfcas_fast.errors.ShfcasTypeError` or ``ShfcasValueError``.
 
 Example:
 ```python
@@ -20,14 +30,18 @@ torch.Size([4])
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from . import _core
-from ._validation import as_float_pair, group_offsets
-from .scoring import ConflictScores, kendall_tau, score
+from ._validation import as_float_pair
+from .errors import ShfcasTypeError, ShfcasValueError
+from .ops import hidden_logprobs, zscore
+from .ops import logprobs as logits_logprobs
+from .scoring import ConflictScores
 
 if TYPE_CHECKING:  # transformers is only needed by the caller that passes a model
     from transformers import PreTrainedModel
@@ -43,20 +57,6 @@ Backend = Literal["auto", "triton", "torch"]
 Reduction = Literal["sum", "mean"]
 
 _LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: Vocabulary chunk one program of the logits kernel streams at a time.
-LOGITS_BLOCK_V = 4096
-#: The torch logits path upcasts at most this many logits to fp32 at once (64 MiB).
-TORCH_LOGITS_CHUNK_ELEMENTS = 1 << 24
-#: The torch hidden-state path builds fp32 logits tiles of at most this many tokens x vocabulary.
-HIDDEN_CHUNK_TOKENS = 2048
-HIDDEN_CHUNK_VOCAB = 8192
-#: Tile of the hidden-state kernel on a GPU (tokens, vocabulary, hidden) and its launch settings.
-HIDDEN_GPU_BLOCKS = (128, 128, 64)
-HIDDEN_GPU_LAUNCH = {"num_warps": 8, "num_stages": 3}
-#: Small tiles under the interpreter, so test shapes still span several tiles and slices.
-HIDDEN_INTERPRETER_BLOCKS = (16, 32, 16)
-#: Block of the per-prompt z-score kernel (groups larger than this are swept in chunks).
-GROUP_BLOCK = 128
 #: Config attributes of architectures whose final logits are not ``lm_head(hidden)``.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -89,8 +89,9 @@ def sequence_logprobs(
         labels: ``[B, T]`` integers aligned with ``logits`` (``logits[b, t]`` scores ``labels[b, t]``,
             as in TRL's ``selective_log_softmax``).
         mask: optional ``[B, T]`` bool or 0/1 tensor; positions where it is False add nothing.
-        temperature: the logits are divided by it before the log-softmax.
-        ignore_index: label value of positions that add nothing.
+        temperature: the logits are divided by it before the log-softmax; any positive real scalar
+            (a Python or numpy number, or a 0-d tensor).
+        ignore_index: label value of positions that add nothing (an integer).
         reduction: ``"sum"`` (the paper's ``l``) or ``"mean"`` (divided by the number of counted tokens;
             0 for a sequence with none).
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see the module docstring).
@@ -101,16 +102,14 @@ def sequence_logprobs(
     _check_tensor(logits, "logits", ndim=3, dtypes=_LOGITS_DTYPES)
     batch, positions, vocab = logits.shape
     if vocab == 0:
-        raise ValueError("logits has an empty vocabulary dimension")
-    _check_temperature(temperature)
+        raise ShfcasValueError("logits has an empty vocabulary dimension")
+    temperature = _as_temperature(temperature)
     _check_reduction(reduction)
     counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, logits.device)
-    with torch.no_grad():
-        if _use_triton(backend, logits.device):
-            token_logprobs = _token_logprobs_triton(logits, labels, counted, temperature)
-        else:
-            token_logprobs = _token_logprobs_torch(logits, labels, counted, temperature)
-        return _reduce_positions(token_logprobs.view(batch, positions), counted, reduction)
+    use_triton = _use_triton(backend, logits.device)
+    total = logits_logprobs.sequence_logprob_sums(logits, labels, counted, temperature, use_triton=use_triton)
+    _refuse_nan(total, "logits")
+    return _reduce(total, counted, reduction)
 
 
 def sequence_logprobs_from_hidden(
@@ -129,7 +128,7 @@ def sequence_logprobs_from_hidden(
 
     Equal to ``sequence_logprobs(hidden @ weight.T + bias, labels, ...)`` but never holds more than a
     tile of logits: on a GPU a tiled matmul with an online log-sum-exp (Triton), elsewhere a torch
-    loop over chunks of ``HIDDEN_CHUNK_TOKENS`` tokens x ``HIDDEN_CHUNK_VOCAB`` vocabulary entries.
+    loop over bounded chunks of tokens x vocabulary entries (:mod:`shfcas_fast.ops.hidden_logprobs`).
     Only counted positions are computed.
 
     Example:
@@ -157,30 +156,25 @@ def sequence_logprobs_from_hidden(
     _check_tensor(weight, "weight", ndim=2, dtypes=(hidden.dtype,), device=hidden.device)
     batch, positions, hidden_size = hidden.shape
     vocab = weight.shape[0]
+    if hidden_size == 0:
+        raise ShfcasValueError(f"hidden has a hidden size of 0 (shape {tuple(hidden.shape)}); there is nothing to score")
     if weight.shape[1] != hidden_size:
-        raise ValueError(f"weight must be [V, {hidden_size}] to match hidden, got {tuple(weight.shape)}")
+        raise ShfcasValueError(f"weight must be [V, {hidden_size}] to match hidden, got {tuple(weight.shape)}")
     if vocab == 0:
-        raise ValueError("weight has an empty vocabulary dimension")
+        raise ShfcasValueError("weight has an empty vocabulary dimension")
     if bias is not None:
         _check_tensor(bias, "bias", ndim=1, dtypes=_LOGITS_DTYPES, device=hidden.device)
         if bias.shape[0] != vocab:
-            raise ValueError(f"bias must have {vocab} entries to match weight, got {bias.shape[0]}")
-    _check_temperature(temperature)
+            raise ShfcasValueError(f"bias must have {vocab} entries to match weight, got {bias.shape[0]}")
+    temperature = _as_temperature(temperature)
     _check_reduction(reduction)
     counted = _counted_positions(labels, mask, (batch, positions), vocab, ignore_index, hidden.device)
-    with torch.no_grad():
-        rows = counted.reshape(-1).nonzero().squeeze(1)
-        row_labels = labels.reshape(-1)[rows].to(torch.int64)
-        hidden_rows = hidden.reshape(-1, hidden_size)
-        if hidden_rows.stride(-1) != 1:
-            hidden_rows = hidden_rows.contiguous()
-        if _use_triton(backend, hidden.device):
-            counted_logprobs = _hidden_logprobs_triton(hidden_rows, weight, bias, rows, row_labels, temperature)
-        else:
-            counted_logprobs = _hidden_logprobs_torch(hidden_rows, weight, bias, rows, row_labels, temperature)
-        token_logprobs = torch.zeros(batch * positions, dtype=torch.float32, device=hidden.device)
-        token_logprobs[rows] = counted_logprobs
-        return _reduce_positions(token_logprobs.view(batch, positions), counted, reduction)
+    use_triton = _use_triton(backend, hidden.device)
+    total = hidden_logprobs.sequence_logprob_sums(
+        hidden, weight, bias, labels, counted, temperature, use_triton=use_triton
+    )
+    _refuse_nan(total, "hidden, weight or bias")
+    return _reduce(total, counted, reduction)
 
 
 def score_logits(
@@ -231,25 +225,8 @@ def score_logits(
     if isinstance(rewards, torch.Tensor):
         rewards = rewards.detach().to("cpu")
     logprobs_host, rewards_host = as_float_pair(sequence.cpu(), rewards, "logprobs", "rewards")
-    if not _use_triton(backend, logits.device):
-        return score(logprobs_host, rewards_host, group_sizes)
-
-    offsets = group_offsets(group_sizes, logprobs_host.shape[0])
-    z_logprob, z_reward, pacs, conflict, degenerate = _group_pacs_triton(
-        sequence.double(),
-        torch.from_numpy(rewards_host).to(logits.device, torch.float64),
-        torch.from_numpy(offsets).to(logits.device),
-    )
-    tau = kendall_tau(logprobs_host, rewards_host, offsets[1:] - offsets[:-1])
-    return ConflictScores(
-        pacs=pacs.cpu().numpy(),
-        z_logprob=z_logprob.cpu().numpy(),
-        z_reward=z_reward.cpu().numpy(),
-        group_conflict=conflict.cpu().numpy(),
-        kendall_tau=tau,
-        kendall_distance=(1.0 - tau) / 2.0,
-        degenerate=degenerate.cpu().numpy().astype(bool),
-    )
+    use_triton = _use_triton(backend, logits.device)
+    return zscore.conflict_scores(sequence, logprobs_host, rewards_host, group_sizes, use_triton=use_triton)
 
 
 def policy_logprobs(
@@ -266,8 +243,11 @@ def policy_logprobs(
 
     Runs the model's decoder for the last hidden state, then :func:`sequence_logprobs_from_hidden` on
     the output embeddings (tied or not). Token ``t + 1`` is scored from position ``t``; it counts when
-    ``response_mask`` and ``attention_mask`` are both true at ``t + 1``. Position ids come from the
-    attention mask as in ``generate``, so left padding does not change a sequence's log-probability.
+    ``response_mask`` and ``attention_mask`` are both true at ``t + 1`` and ``attention_mask`` is true
+    at ``t``. So the first real token of a row is never scored, padded or not: it has no context
+    (there is no prediction for token 0 of an unpadded row, and a pad position is no context). Position
+    ids come from the attention mask as in ``generate``; padding never changes a sequence's
+    log-probability.
     Equal to the naive ``model(input_ids, attention_mask=..., position_ids=...).logits`` computation.
     Put the model in eval mode first: dropout would make the log-probabilities random.
 
@@ -295,23 +275,30 @@ def policy_logprobs(
         float32 ``[B]`` on the model's device.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ShfcasValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    temperature = _as_temperature(temperature)
     _check_no_logit_transform(model)
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
-        raise TypeError(f"model's output embeddings must be a torch.nn.Linear, got {type(head).__name__}")
+        raise ShfcasTypeError(f"model's output embeddings must be a torch.nn.Linear, got {type(head).__name__}")
+    _check_tensor(head.weight, "model's output embedding weight", ndim=2, dtypes=_LOGITS_DTYPES)
+    use_triton = _use_triton(backend, head.weight.device)
     _check_tensor(input_ids, "input_ids", ndim=2)
     _check_integer_dtype(input_ids, "input_ids")
     _check_in_vocabulary(input_ids, "input_ids", head.weight.shape[0])
     for name, tensor in (("attention_mask", attention_mask), ("response_mask", response_mask)):
         _check_tensor(tensor, name, ndim=2, device=input_ids.device)
         if tensor.shape != input_ids.shape:
-            raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}")
+            raise ShfcasValueError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(tensor.shape)}"
+            )
     decoder = model.get_decoder()
-    labels = torch.full_like(input_ids, -100)
+    labels = torch.zeros_like(input_ids)
     labels[:, :-1] = input_ids[:, 1:]
+    attended = attention_mask.bool()
     counted = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
-    counted[:, :-1] = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    # Position t scores token t + 1 only when t itself is attended: a pad position is no context.
+    counted[:, :-1] = response_mask[:, 1:].bool() & attended[:, 1:] & attended[:, :-1]
     # As generate computes them (GenerationMixin._prepare_position_ids_for_generation): each token's
     # position counts only the attended tokens before it, so left padding shifts nothing.
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
@@ -327,17 +314,19 @@ def policy_logprobs(
                 use_cache=False,
             ).last_hidden_state
             chunks.append(
-                sequence_logprobs_from_hidden(
+                hidden_logprobs.sequence_logprob_sums(
                     hidden.to(head.weight.dtype),
                     head.weight,
+                    head.bias,
                     labels[batch],
-                    bias=head.bias,
-                    mask=counted[batch],
-                    temperature=temperature,
-                    backend=backend,
+                    counted[batch],
+                    temperature,
+                    use_triton=use_triton,
                 )
             )
-    return torch.cat(chunks)
+    total = torch.cat(chunks)
+    _refuse_nan(total, "the model's hidden states or output embeddings")
+    return total
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -352,26 +341,49 @@ def _check_tensor(
     device: torch.device | None = None,
 ) -> None:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        raise ShfcasTypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ShfcasValueError(f"{name} is a meta tensor: it has a shape but no data to score")
     if value.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+        raise ShfcasValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
     if dtypes is not None and value.dtype not in dtypes:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise TypeError(f"{name} must have dtype {allowed}, got {str(value.dtype).removeprefix('torch.')}")
+        raise ShfcasTypeError(f"{name} must have dtype {allowed}, got {str(value.dtype).removeprefix('torch.')}")
     if device is not None and value.device != device:
-        raise ValueError(f"{name} is on {value.device} but the other inputs are on {device}")
+        raise ShfcasValueError(f"{name} is on {value.device} but the other inputs are on {device}")
 
 
-def _check_temperature(temperature: Any) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and positive, got {temperature}")
+def _as_temperature(temperature: Any) -> float:
+    """Any positive finite real scalar (Python, numpy, or a one-element real tensor) as a float."""
+    if isinstance(temperature, torch.Tensor):
+        real = not (temperature.dtype.is_complex or temperature.dtype == torch.bool)
+        if temperature.numel() != 1 or temperature.ndim > 1 or not real or temperature.device.type == "meta":
+            raise ShfcasTypeError(
+                f"temperature must be a real number, got a {str(temperature.dtype).removeprefix('torch.')} "
+                f"tensor of shape {tuple(temperature.shape)} on {temperature.device}"
+            )
+        value = float(temperature.item())
+    elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        value = float(temperature)
+    else:
+        raise ShfcasTypeError(f"temperature must be a real number, got {type(temperature).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ShfcasValueError(f"temperature must be finite and positive, got {value}")
+    return value
+
+
+def _as_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, bool):
+        raise ShfcasTypeError("ignore_index must be an int, got bool")
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise ShfcasTypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}") from None
 
 
 def _check_reduction(reduction: Any) -> None:
     if reduction not in ("sum", "mean"):
-        raise ValueError(f'reduction must be "sum" or "mean", got {reduction!r}')
+        raise ShfcasValueError(f'reduction must be "sum" or "mean", got {reduction!r}')
 
 
 def _counted_positions(
@@ -379,19 +391,19 @@ def _counted_positions(
     mask: Any,
     shape: tuple[int, int],
     vocab: int,
-    ignore_index: int,
+    ignore_index: Any,
     device: torch.device,
 ) -> torch.Tensor:
     """Bool ``[B, T]``: positions that add their label's log-probability; checks labels and mask."""
     _check_tensor(labels, "labels", ndim=2, device=device)
     _check_integer_dtype(labels, "labels")
     if tuple(labels.shape) != shape:
-        raise ValueError(f"labels must have shape {shape} to match the inputs, got {tuple(labels.shape)}")
-    counted = labels != ignore_index
+        raise ShfcasValueError(f"labels must have shape {shape} to match the inputs, got {tuple(labels.shape)}")
+    counted = labels != _as_ignore_index(ignore_index)
     if mask is not None:
         _check_tensor(mask, "mask", ndim=2, device=device)
         if tuple(mask.shape) != shape:
-            raise ValueError(f"mask must have shape {shape} to match the inputs, got {tuple(mask.shape)}")
+            raise ShfcasValueError(f"mask must have shape {shape} to match the inputs, got {tuple(mask.shape)}")
         counted &= mask.bool()
     _check_in_vocabulary(labels, "labels", vocab, where=counted)
     return counted
@@ -399,17 +411,17 @@ def _counted_positions(
 
 def _check_integer_dtype(ids: torch.Tensor, name: str) -> None:
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers, got dtype {str(ids.dtype).removeprefix('torch.')}")
+        raise ShfcasTypeError(f"{name} must hold integers, got dtype {str(ids.dtype).removeprefix('torch.')}")
 
 
 def _check_in_vocabulary(ids: torch.Tensor, name: str, vocab: int, where: torch.Tensor | None = None) -> None:
-    """ValueError naming the first ``[b, t]`` (among ``where``, if given) whose id is outside ``[0, vocab)``."""
+    """ShfcasValueError naming the first ``[b, t]`` (among ``where``, if given) whose id is outside ``[0, vocab)``."""
     out_of_range = (ids < 0) | (ids >= vocab)
     if where is not None:
         out_of_range &= where
     if out_of_range.any():
         b, t = (int(i) for i in out_of_range.nonzero()[0])
-        raise ValueError(f"{name}[{b}, {t}] is {int(ids[b, t])}, outside the vocabulary [0, {vocab})")
+        raise ShfcasValueError(f"{name}[{b}, {t}] is {int(ids[b, t])}, outside the vocabulary [0, {vocab})")
 
 
 def _check_no_logit_transform(model: torch.nn.Module) -> None:
@@ -418,7 +430,7 @@ def _check_no_logit_transform(model: torch.nn.Module) -> None:
     for attribute in _LOGIT_TRANSFORMS:
         value = getattr(config, attribute, None)
         if value is not None:
-            raise ValueError(
+            raise ShfcasValueError(
                 f"model config sets {attribute}={value!r}, a final-logit transform that policy_logprobs "
                 f"does not apply; score this model with sequence_logprobs on its logits"
             )
@@ -430,9 +442,9 @@ def _use_triton(backend: Any, device: torch.device) -> bool:
     if backend == "auto":
         return device.type == "cuda" and _triton_installed()
     if backend != "triton":
-        raise ValueError(f'backend must be "auto", "triton" or "torch", got {backend!r}')
+        raise ShfcasValueError(f'backend must be "auto", "triton" or "torch", got {backend!r}')
     if not _triton_installed():
-        raise ValueError('backend="triton" needs the triton package (pip install "shfcas-fast[gpu]")')
+        raise ShfcasValueError('backend="triton" needs the triton package (pip install "shfcas-fast[gpu]")')
     if device.type != "cuda":
         _check_interpreter(device)
     return True
@@ -443,7 +455,7 @@ def _check_interpreter(device: torch.device) -> None:
     function is defined, its own ``tl.max``/``tl.sum`` included: the variable must be set before
     triton is first imported, not just before our kernels are."""
     if os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
+        raise ShfcasValueError(
             f'backend="triton" on {device} tensors needs TRITON_INTERPRET=1 set before triton is imported; '
             f'use backend="torch" or CUDA tensors'
         )
@@ -451,7 +463,7 @@ def _check_interpreter(device: torch.device) -> None:
     from triton.runtime.interpreter import InterpretedFunction
 
     if not isinstance(tl.max, InterpretedFunction):
-        raise ValueError(
+        raise ShfcasValueError(
             f'backend="triton" on {device} tensors: triton was imported before TRITON_INTERPRET=1 was set, '
             f"so it compiles instead of interpreting; export TRITON_INTERPRET=1 before starting Python"
         )
@@ -465,182 +477,21 @@ def _triton_installed() -> bool:
     return True
 
 
-# --- logits path ----------------------------------------------------------------------------------
+def _refuse_nan(total: torch.Tensor, source: str) -> None:
+    """Raise naming ``source`` if a sequence's log-probability is NaN. NaN propagates through the
+    log-sum-exp and the sum, so testing the ``[B]`` result finds every NaN or +inf counted logit
+    for one reduction over ``B`` values."""
+    nan = torch.isnan(total)
+    if bool(nan.any()):
+        sequence = int(nan.nonzero()[0, 0])
+        raise ShfcasValueError(
+            f"{source} give a NaN log-probability for sequence {sequence}: a counted position's logits "
+            f"hold NaN or +inf, or are all -inf"
+        )
 
 
-def _token_logprobs_torch(
-    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Flat float32 ``[B * T]`` label log-probs, 0 where not counted, in bounded fp32 chunks."""
-    batch, positions, vocab = logits.shape
-    out = torch.zeros(batch * positions, dtype=torch.float32, device=logits.device)
-    rows = counted.reshape(-1).nonzero().squeeze(1)
-    chunk = max(1, TORCH_LOGITS_CHUNK_ELEMENTS // vocab)
-    for start in range(0, rows.numel(), chunk):
-        row = rows[start : start + chunk]
-        b, t = row // positions, row % positions
-        x = logits[b, t].float() / temperature
-        label_logits = x.gather(1, labels[b, t].long().unsqueeze(1)).squeeze(1)
-        out[row] = label_logits - torch.logsumexp(x, dim=1)
-    return out
-
-
-def _token_logprobs_triton(
-    logits: torch.Tensor, labels: torch.Tensor, counted: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    from .kernels.logprobs import token_logprobs_kernel
-
-    batch, positions, vocab = logits.shape
-    if logits.stride(-1) != 1:  # the kernel needs unit stride along the vocabulary only
-        logits = logits.contiguous()
-    out = torch.zeros(batch * positions, dtype=torch.float32, device=logits.device)
-    block_v = min(LOGITS_BLOCK_V, _next_power_of_2(vocab))
-    token_logprobs_kernel[(batch * positions,)](
-        logits,
-        labels.reshape(-1).contiguous(),
-        counted.reshape(-1).to(torch.int8),
-        out,
-        positions,
-        vocab,
-        logits.stride(0),
-        logits.stride(1),
-        float(temperature),
-        BLOCK_V=block_v,
-        num_warps=8 if block_v >= 2048 else 4,
-    )
-    return out
-
-
-def _reduce_positions(token_logprobs: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
-    """``[B, T]`` token log-probs (0 where not counted) to ``[B]``; torch's sum is deterministic."""
-    total = token_logprobs.sum(dim=1)
+def _reduce(total: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-sequence sums to the requested reduction; a sequence with no counted token gives 0."""
     if reduction == "mean":
         return total / counted.sum(dim=1).clamp_min(1).to(torch.float32)
     return total
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-# --- hidden-state path ------------------------------------------------------------------------------
-
-
-def _hidden_logprobs_torch(
-    hidden_rows: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Label log-probs of ``hidden_rows[rows]`` with an online log-sum-exp over fp32 logits tiles."""
-    num_tokens, vocab = rows.numel(), weight.shape[0]
-    device = hidden_rows.device
-    running_max = torch.full((num_tokens,), -math.inf, dtype=torch.float32, device=device)
-    running_sum = torch.zeros(num_tokens, dtype=torch.float32, device=device)
-    label_logit = torch.zeros(num_tokens, dtype=torch.float32, device=device)
-    for vocab_start in range(0, vocab, HIDDEN_CHUNK_VOCAB):
-        weight_chunk = weight[vocab_start : vocab_start + HIDDEN_CHUNK_VOCAB].float()
-        bias_chunk = None if bias is None else bias[vocab_start : vocab_start + HIDDEN_CHUNK_VOCAB].float()
-        chunk_vocab = weight_chunk.shape[0]
-        for token_start in range(0, num_tokens, HIDDEN_CHUNK_TOKENS):
-            tokens = slice(token_start, token_start + HIDDEN_CHUNK_TOKENS)
-            logits = torch.nn.functional.linear(hidden_rows[rows[tokens]].float(), weight_chunk, bias_chunk)
-            logits /= temperature
-            local = labels[tokens] - vocab_start
-            inside = (local >= 0) & (local < chunk_vocab)
-            picked = logits.gather(1, local.clamp(0, chunk_vocab - 1).unsqueeze(1)).squeeze(1)
-            label_logit[tokens] += torch.where(inside, picked, 0.0)
-            new_max = torch.maximum(running_max[tokens], logits.max(dim=1).values)
-            tile_sum = logits.sub_(new_max.unsqueeze(1)).exp_().sum(dim=1)  # in place: one tile alive
-            running_sum[tokens] = running_sum[tokens] * torch.exp(running_max[tokens] - new_max) + tile_sum
-            running_max[tokens] = new_max
-    return label_logit - running_max - torch.log(running_sum)
-
-
-def _hidden_logprobs_triton(
-    hidden_rows: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    rows: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    from .kernels.hidden_logprobs import hidden_partials_kernel
-
-    num_tokens, vocab = rows.numel(), weight.shape[0]
-    if num_tokens == 0:
-        return torch.zeros(0, dtype=torch.float32, device=hidden_rows.device)
-    if weight.stride(-1) != 1:
-        weight = weight.contiguous()
-    on_gpu = hidden_rows.device.type == "cuda"
-    block_t, block_v, block_h = HIDDEN_GPU_BLOCKS if on_gpu else HIDDEN_INTERPRETER_BLOCKS
-    token_tiles = -(-num_tokens // block_t)
-    # Split the vocabulary so that few tokens still give every SM two programs; the interpreter gets
-    # several slices too, so the tests cover the combination of partials.
-    target_programs = 2 * torch.cuda.get_device_properties(hidden_rows.device).multi_processor_count if on_gpu else 4
-    vocab_tiles = -(-vocab // block_v)
-    slices = min(vocab_tiles, max(1, -(-target_programs // token_tiles)))
-    slice_size = -(-vocab_tiles // slices) * block_v
-    slices = -(-vocab // slice_size)
-    partials = torch.empty(3, slices, num_tokens, dtype=torch.float32, device=hidden_rows.device)
-    hidden_partials_kernel[(token_tiles, slices)](
-        hidden_rows,
-        weight,
-        weight if bias is None else bias,  # never read without bias (HAS_BIAS=False)
-        rows,
-        labels,
-        partials[0],
-        partials[1],
-        partials[2],
-        num_tokens,
-        vocab,
-        hidden_rows.shape[1],
-        hidden_rows.stride(0),
-        weight.stride(0),
-        slice_size,
-        float(temperature),
-        HAS_BIAS=bias is not None,
-        # fp32 inputs take the exact fp32 dot, not TF32 (16-bit inputs ignore this).
-        INPUT_PRECISION="ieee",
-        UPCAST_TILES=not on_gpu and hidden_rows.dtype == torch.bfloat16,
-        BLOCK_T=block_t,
-        BLOCK_V=block_v,
-        BLOCK_H=block_h,
-        **(HIDDEN_GPU_LAUNCH if on_gpu else {}),
-    )
-    slice_max, slice_sum, slice_label = partials
-    total_max = slice_max.max(dim=0).values
-    log_normaliser = total_max + torch.log((slice_sum * torch.exp(slice_max - total_max)).sum(dim=0))
-    return slice_label.sum(dim=0) - log_normaliser
-
-
-# --- per-prompt statistics ---------------------------------------------------------------------------
-
-
-def _group_pacs_triton(
-    logprobs: torch.Tensor, rewards: torch.Tensor, offsets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(z_logprob, z_reward, pacs, group_conflict, degenerate)`` of float64 ``[n]`` inputs."""
-    from .kernels.zscore import group_pacs_kernel
-
-    n, groups = logprobs.shape[0], offsets.shape[0] - 1
-    z_logprob, z_reward, pacs = (torch.empty(n, dtype=torch.float64, device=logprobs.device) for _ in range(3))
-    conflict = torch.empty(groups, dtype=torch.float64, device=logprobs.device)
-    degenerate = torch.empty(groups, dtype=torch.int8, device=logprobs.device)
-    if groups:
-        group_pacs_kernel[(groups,)](
-            logprobs,
-            rewards,
-            offsets,
-            z_logprob,
-            z_reward,
-            pacs,
-            conflict,
-            degenerate,
-            STD_EPS=_core.Z_EPSILON,
-            DEGENERATE_STD=_core.DEGENERATE_STD,
-            BLOCK=GROUP_BLOCK,
-        )
-    return z_logprob, z_reward, pacs, conflict, degenerate

@@ -16,24 +16,28 @@ Example:
 ```
 
 Plots are drawn with matplotlib's Agg canvas directly (no pyplot), so nothing needs a display.
+:func:`report_folder` gives a report its own folder, or replaces the report in one, safely.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _core, io
+from .errors import ShfcasValueError
 from .scoring import DEFAULT_KENDALL_THRESHOLD, DEFAULT_PACS_THRESHOLD, ConflictScores
 
-__all__ = ["versions", "selection_cut", "summarize", "write_report", "PLOT_FILES"]
+__all__ = ["versions", "selection_cut", "summarize", "write_report", "report_folder", "PLOT_FILES", "REPORT_FILES"]
 
 #: The plots :func:`write_report` draws, by file name, with their captions.
 PLOT_FILES = {
@@ -41,6 +45,8 @@ PLOT_FILES = {
     "z_scatter.png": "z_reward against z_logprob, by selection",
     "tau_distribution.png": "Per-prompt Kendall tau-b, all prompts and selected ones",
 }
+#: Every file :func:`write_report` may write (the page is ``report.md`` or ``report.html``).
+REPORT_FILES = ("summary.json", "report.md", "report.html", *PLOT_FILES)
 # Drawing millions of points adds nothing to a scatter plot but time.
 _MAX_SCATTER_POINTS = 20_000
 _CONFLICT_LEVELS = (1.0, 1.5)  # the paper's two thresholds on mean |PACS|
@@ -312,3 +318,70 @@ def write_report(
     text = _markdown(summary) if page == "md" else _html(summary)
     (directory / f"report.{page}").write_text(text, encoding="utf-8")
     return summary
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _check_replaceable(folder: Path, inputs: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse a report folder that holds an input or files a report does not write."""
+    if not folder.is_dir():
+        raise ShfcasValueError(f"{folder} is not a folder; name a folder for the report")
+    for source in inputs:
+        try:
+            files = io.source_files(source)
+        except (OSError, ValueError):  # an input that cannot be listed is not in the folder
+            files = []
+        inside = [file for file in [Path(source), *files] if file.exists() and _inside(file, folder)]
+        if inside:
+            raise ShfcasValueError(f"{folder} holds the input {inside[0]}; choose another folder for the report")
+    foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in REPORT_FILES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ShfcasValueError(
+            f"{folder} holds files a report does not write ({shown}); remove them or choose another folder"
+        )
+
+
+@contextlib.contextmanager
+def report_folder(
+    path: str | os.PathLike[str], *, overwrite: bool = False, inputs: Sequence[str | os.PathLike[str]] = ()
+) -> Iterator[Path]:
+    """Yield an empty temporary folder for :func:`write_report`; its files become the report at ``path``.
+
+    Example:
+    ```python
+    >>> import pathlib, tempfile
+    >>> from shfcas_fast.report import report_folder
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "report"
+    >>> with report_folder(path) as folder:
+    ...     _ = (folder / "summary.json").write_text("{}")
+    >>> [file.name for file in path.iterdir()]
+    ['summary.json']
+
+    ```
+
+    A new ``path`` appears whole when the block succeeds, and not at all when it fails. An existing
+    ``path`` is only touched with ``overwrite``, and only when it holds nothing but report files
+    (:data:`REPORT_FILES`) and none of ``inputs`` (data sets, as :mod:`shfcas_fast.io` reads them):
+    then each written file replaces its namesake, and report files the new report did not write (the
+    other page format) are removed; the folder itself and its permissions stay. The checks run
+    before the block, so that a refused folder fails before any input is read, and again before the
+    files move in.
+    """
+    path = Path(path)
+    if path.exists():
+        _check_replaceable(path, inputs)
+    if not path.exists() or not overwrite:
+        with io.atomic_output(path, directory=True) as folder:
+            yield folder
+        return
+    with io.temporary_path(path, directory=True) as folder:
+        yield folder
+        _check_replaceable(path, inputs)
+        written = {file.name for file in folder.iterdir()}
+        for name in sorted(written):
+            os.replace(folder / name, path / name)
+        for name in set(REPORT_FILES) - written:
+            (path / name).unlink(missing_ok=True)

@@ -86,56 +86,6 @@ def test_preference_pairs_with_a_cost_callable_prefer_lower_cost():
         preference_pairs(prompts, completions[:3], [0.0, 1.0, 2.0, 3.0], 2)
 
 
-@pytest.mark.parametrize("file_format", ["jsonl", "parquet"])
-def test_file_oracle_round_trip_with_a_partially_labelled_file(tmp_path, file_format):
-    oracle = FileOracle(tmp_path, file_format=file_format)
-    prompts = ["p1 ", "p1 ", "p2 ", "p2 "]
-    completions = ["a", "b", "a", "b"]
-    with pytest.raises(LabelsPending) as pending:
-        oracle.score(prompts, completions)
-    assert pending.value.missing == 4
-
-    # Annotators label two of the four rows and save the file.
-    rows = _read(oracle.request_file, file_format)
-    labels = {(r["prompt"], r["completion"]): float(i) for i, r in enumerate(rows)}
-    rows[0]["score"], rows[2]["score"] = labels[rows[0]["prompt"], rows[0]["completion"]], labels[rows[2]["prompt"], rows[2]["completion"]]
-    _write(oracle.request_file, rows, file_format)
-    with pytest.raises(LabelsPending) as pending:
-        oracle.score(prompts, completions)
-    assert pending.value.missing == 2
-    assert len(oracle.labels()) == 2  # stored as they arrived
-    asked_again = {(r["prompt"], r["completion"]) for r in _read(oracle.request_file, file_format)}
-    assert asked_again == {(rows[1]["prompt"], rows[1]["completion"]), (rows[3]["prompt"], rows[3]["completion"])}
-
-    rows = _read(oracle.request_file, file_format)
-    for row in rows:
-        row["score"] = labels[row["prompt"], row["completion"]]
-    _write(oracle.request_file, rows, file_format)
-    expected = [labels[p, c] for p, c in zip(prompts, completions)]
-    np.testing.assert_array_equal(oracle.score(prompts, completions), expected)
-    # A rerun asks nothing and needs no request file.
-    assert not oracle.request_file.exists()
-    np.testing.assert_array_equal(FileOracle(tmp_path, file_format=file_format).score(prompts, completions), expected)
-
-
-def _read(path, file_format):
-    if file_format == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _write(path, rows, file_format):
-    if file_format == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(rows), path)
-    else:
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 def test_file_oracle_ignores_a_torn_last_label_and_refuses_nan(tmp_path):
     oracle = FileOracle(tmp_path)
     oracle.record("p ", "a", 1.5)

@@ -1,1 +1,0 @@
-../../../kernels/hidden_logprobs.py
