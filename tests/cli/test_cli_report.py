@@ -69,12 +69,22 @@ def test_default_threshold_is_the_cut(tmp_path, scored_file, invoke):
     assert json.loads((folder / "summary.json").read_text())["selection"]["cut"] == 0.5
 
 
-def test_overwrite_replaces_a_report(tmp_path, scored_file, invoke):
+def test_overwrite_replaces_only_a_report(tmp_path, scored_file, invoke):
     folder = tmp_path / "report"
-    folder.mkdir()
-    (folder / "stale.txt").write_text("old")
+    assert invoke("report", scored_file, "-o", folder, "--page", "html", "-q").exit_code == 0
     result = invoke("report", scored_file, "-o", folder)
     assert result.exit_code == 1 and "--overwrite" in result.stderr
     assert invoke("report", scored_file, "-o", folder, "--overwrite", "-q").exit_code == 0
-    assert not (folder / "stale.txt").exists() and (folder / "summary.json").exists()
+    assert (folder / "report.md").exists() and not (folder / "report.html").exists()
+    (folder / "notes.txt").write_text("mine")
+    result = invoke("report", scored_file, "-o", folder, "--overwrite")
+    assert result.exit_code == 1 and "notes.txt" in result.stderr and result.stderr.count("\n") == 1
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "summary.json").exists()
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
+
+
+def test_a_folder_holding_the_input_is_refused(tmp_path, scored_file, invoke):
+    result = invoke("report", scored_file, "-o", scored_file.parent, "--overwrite")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and "holds" in result.stderr and result.stderr.count("\n") == 1
+    assert scored_file.exists()

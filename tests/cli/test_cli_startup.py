@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import shfcas_fast
+from shfcas_fast import io
 from shfcas_fast.cli import env as env_command
 from shfcas_fast.tables import select as select_module
 
@@ -148,3 +149,15 @@ def test_selection_warning_is_one_stderr_line(invoke, monkeypatch, scored_file, 
     result = invoke("select", scored_file, "-o", tmp_path / "selected.parquet", "--threshold", "0.1", "-q")
     assert result.exit_code == 0, result.output
     assert result.stderr == "warning: the threshold selects 300 of 400 prompts, more than half\n"
+
+
+def test_a_stale_temporary_output_is_removed_with_one_warning_line(invoke, completions_file, tmp_path):
+    output = tmp_path / "scored.parquet"
+    # A process that no longer exists: the pid of a finished child.
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".scored.parquet.{io._outputs._host()}.{finished.stdout.strip()}.{'0' * 16}.tmp"
+    stale.write_bytes(b"half an output")
+    result = invoke("score", completions_file, "-o", output, "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"warning: removed {stale}, left by process {finished.stdout.strip()} which ended before finishing it"]
+    assert not stale.exists() and output.exists()

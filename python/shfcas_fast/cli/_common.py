@@ -7,7 +7,7 @@ import functools
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TextIO, TypeVar
 
 import pyarrow as pa
 import typer
@@ -121,7 +121,8 @@ def _user_message(err: Exception) -> str | None:
 
 
 def reports_errors(command: Command) -> Command:
-    """Turn user errors raised by ``command`` into a one-line message on stderr and exit code 1.
+    """Turn user errors raised by ``command`` into a one-line message on stderr and exit code 1, and
+    its user warnings into ``warning:`` lines (see :func:`warnings_as_lines`).
 
     Anything else is a bug in the package and keeps its traceback.
     """
@@ -129,7 +130,8 @@ def reports_errors(command: Command) -> Command:
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with warnings_as_lines():
+                return command(*args, **kwargs)
         except Exception as err:
             message = _user_message(err)
             if message is None:
@@ -144,16 +146,29 @@ def reports_errors(command: Command) -> Command:
 
 @contextlib.contextmanager
 def warnings_as_lines() -> Iterator[None]:
-    """Print each ``UserWarning`` raised inside (such as the engine's warning that a selection rule
-    chose most prompts) as one ``warning: ...`` line on stderr; other warnings go on as usual."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
+    """Print each ``UserWarning`` raised inside as one ``warning: ...`` line on stderr, as it comes.
+
+    Such as the engine's warning that a selection rule chose most prompts, or the note that a stale
+    temporary output of a killed run was removed. Other warnings are shown as Python shows them.
+    """
+    with warnings.catch_warnings():
+        show_as_python_does = warnings.showwarning
+
+        def show(
+            message: Warning | str,
+            category: type[Warning],
+            filename: str,
+            lineno: int,
+            file: TextIO | None = None,
+            line: str | None = None,
+        ) -> None:
+            if issubclass(category, UserWarning):
+                typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+            else:
+                show_as_python_does(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         yield
-    for warning in caught:
-        if issubclass(warning.category, UserWarning):
-            typer.echo(f"warning: {_one_line(warning.message)}", err=True)  # type: ignore[arg-type]
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def echo_summary(summary: Any, destination: object, *, quiet: bool) -> None:

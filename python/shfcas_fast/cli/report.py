@@ -17,8 +17,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from .. import io
-from ..report import write_report
+from ..report import report_folder, write_report
 from ..scoring import ConflictScores
 from ..tables import load_scored
 from ._common import (
@@ -31,7 +30,6 @@ from ._common import (
     StrategyOption,
     ThresholdOption,
     reports_errors,
-    warnings_as_lines,
 )
 from .app import app
 
@@ -45,7 +43,11 @@ def report_command(
     output: Annotated[
         Path,
         typer.Option(
-            "-o", "--output", help="Report folder (created; must not exist without --overwrite).", show_default=False
+            "-o",
+            "--output",
+            help="Report folder (created; an existing report is replaced with --overwrite, a folder holding other "
+            "files never).",
+            show_default=False,
         ),
     ],
     strategy: StrategyOption = "pacs",
@@ -64,7 +66,7 @@ def report_command(
     Writes summary.json, report.md (or report.html), conflict_histogram.png, z_scatter.png and
     tau_distribution.png.
     """
-    with io.atomic_output(output, overwrite=overwrite, directory=True) as folder, warnings_as_lines():
+    with report_folder(output, overwrite=overwrite, inputs=[scored_path]) as folder:
         scored = load_scored(scored_path, prompt_column, progress=not quiet)
         assert isinstance(scored.scores, ConflictScores)  # per-completion columns are read by default
         selected = scored.select(strategy, budget, threshold, seed)

@@ -30,7 +30,6 @@ from ._common import (
     ThresholdOption,
     echo_summary,
     reports_errors,
-    warnings_as_lines,
 )
 from .app import app
 
@@ -65,17 +64,16 @@ def select_command(
     output row has its prompt's selection_rank (0 = selected first, i.e. highest conflict); rows
     keep the scored file's order.
     """
-    with warnings_as_lines():
-        summary = select_file(
-            scored_path,
-            output,
-            strategy=strategy,
-            budget=budget,
-            threshold=threshold,
-            seed=seed,
-            kind=kind,
-            prompt_column=prompt_column,
-            overwrite=overwrite,
-            progress=not quiet,
-        )
+    summary = select_file(
+        scored_path,
+        output,
+        strategy=strategy,
+        budget=budget,
+        threshold=threshold,
+        seed=seed,
+        kind=kind,
+        prompt_column=prompt_column,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
     echo_summary(summary, output, quiet=quiet)
