@@ -236,3 +236,20 @@ def test_grouped_streaming_memory_is_bounded_by_the_batch(tmp_path):
     command += ["--batch-size", "65536"]
     two_passes, one_pass = peak_memory_bytes(command), peak_memory_bytes([*command, "--grouped"])
     assert one_pass < 0.6 * two_passes, f"peak MiB: two passes {two_passes >> 20}, --grouped {one_pass >> 20}"
+
+
+@pytest.mark.parametrize("grouped", [[], ["--grouped"]])
+def test_conversational_prompts(tmp_path, invoke, grouped):
+    table = completions_table(20, 4, seed=12, shuffle=not grouped)
+    rows = table.to_pylist()
+    for row in rows:  # TRL's conversational format
+        row["prompt"] = [{"role": "user", "content": row["prompt"]}]
+    source = tmp_path / "chat.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "scored.parquet"
+    result = invoke("score", source, "-o", output, *grouped)
+    assert result.exit_code == 0, result.output
+    scored = pq.read_table(output)
+    assert scored["prompt"].to_pylist() == [row["prompt"] for row in rows]
+    by_text = scored.set_column(0, "prompt", table["prompt"])
+    assert_scores_match_reference(by_text, table["logprob"].to_numpy(), table["reward"].to_numpy())

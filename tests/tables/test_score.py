@@ -10,7 +10,7 @@ import reference
 from conftest import assert_tables_equal
 
 from shfcas_fast import ShfcasTypeError, ShfcasValueError, io
-from shfcas_fast.tables import SCORE_FIELDS, default_batch_rows, score_file, score_table, scored_schema
+from shfcas_fast.tables import SCORE_FIELDS, default_batch_rows, score_file, score_table, scored_schema, select_table
 from shfcas_fast.tables.score import DEFAULT_BATCH_BYTES
 
 
@@ -78,9 +78,24 @@ def test_bad_arguments_raise_named_errors():
         score_table(table, nan_policy="drop")  # type: ignore[arg-type]
     with pytest.raises(ShfcasTypeError, match="must be a pyarrow Table"):
         score_table([1, 2, 3])
-    conversational = pa.table({"prompt": [[{"role": "user", "content": "hi"}]], "logprob": [0.0], "reward": [1.0]})
-    with pytest.raises(ShfcasTypeError, match="group keys must be strings, bytes or numbers"):
-        score_table(conversational)
+    token_ids = pa.table({"prompt": [[1, 2]], "logprob": [0.0], "reward": [1.0]})
+    with pytest.raises(ShfcasTypeError, match="group keys must be strings, bytes, numbers or conversations"):
+        score_table(token_ids)
+
+
+def test_conversational_prompts_group_by_their_messages():
+    def chat(text: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+
+    texts = ["hi", "bye", "hi", "bye", "hi"]
+    columns = {"logprob": [-1.0, -2.0, -3.0, -1.0, -2.0], "reward": [1.0, 2.0, 0.0, 0.0, 3.0]}
+    scored = score_table(pa.table({"prompt": [chat(text) for text in texts], **columns}))
+    by_text = score_table(pa.table({"prompt": texts, **columns}))
+    assert scored["prompt"].to_pylist() == [chat(text) for text in texts]  # the messages are kept
+    for name in SCORE_FIELDS.names:
+        assert scored[name].to_pylist() == by_text[name].to_pylist(), name
+    selected = select_table(scored, budget=1, kind="prompts")  # a TRL conversational prompt-only data set
+    assert selected["prompt"].to_pylist() == [chat(select_table(by_text, budget=1, kind="prompts")["prompt"][0].as_py())]
 
 
 def test_empty_table_scores_to_an_empty_table():

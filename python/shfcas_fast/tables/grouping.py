@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import _core
+from .. import _core, io
 from ..errors import ShfcasTypeError, ShfcasValueError
 
 __all__ = ["AdjacentGroups", "Groups", "group_rows"]
@@ -86,8 +86,11 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     ([0, 0, 1, 0], [3, 1], [0, 1, 3, 2])
 
     ```
+
+    A conversational prompt column (TRL's lists of ``role``/``content`` messages) is keyed by
+    :func:`shfcas_fast.io.prompt_keys`: rows with equal messages form a group.
     """
-    _require_keys(keys, name)
+    keys = _keys(keys, name)
     n = len(keys)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
@@ -152,7 +155,7 @@ class AdjacentGroups:
         """int64 sizes of the groups that the next rows ``keys`` close, in order; the last group stays open."""
         if isinstance(keys, pa.ChunkedArray):
             keys = keys.combine_chunks()
-        _require_keys(keys, self.name, first_row=self._rows)
+        keys = _keys(keys, self.name, first_row=self._rows)
         if not len(keys):
             return np.zeros(0, dtype=np.int64)
         local_starts = _run_starts([keys], previous=self._open_key)
@@ -246,17 +249,22 @@ class _HashSet:
         self._runs.append(run)
 
 
-def _require_keys(keys: pa.Array | pa.ChunkedArray, name: str, *, first_row: int = 0) -> None:
-    """Raise unless ``keys`` can be grouped: a ShfcasTypeError for a nested type, a ShfcasValueError
-    naming the first row (numbered from ``first_row``) with a null key."""
+def _keys(keys: pa.Array | pa.ChunkedArray, name: str, *, first_row: int = 0) -> pa.Array | pa.ChunkedArray:
+    """The keys that group the rows of column ``name``: the column, or the string keys of conversations.
+
+    Raises a ShfcasTypeError for another nested type, a ShfcasValueError naming the first row
+    (numbered from ``first_row``) with a null key.
+    """
+    keys = io.prompt_keys(keys)
     if pa.types.is_nested(keys.type):
         raise ShfcasTypeError(
-            f"column {name!r} has type {keys.type}; group keys must be strings, bytes or numbers "
-            "(e.g. apply the chat template to conversational prompts first)"
+            f"column {name!r} has type {keys.type}; group keys must be strings, bytes, numbers or "
+            "conversations (lists of role/content messages)"
         )
     if keys.null_count:
         row = first_row + pc.index(pc.is_null(keys), True).as_py()
         raise ShfcasValueError(f"row {row} (0-based): column {name!r} is missing; every row needs one")
+    return keys
 
 
 def _scattered(ids: np.ndarray, num_groups: int) -> Groups:
