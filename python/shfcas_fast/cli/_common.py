@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TextIO, TypeVar
 
-import pyarrow as pa
 import typer
 
 from ..errors import ShfcasError
@@ -100,15 +99,14 @@ def _one_line(err: BaseException) -> str:
 def _user_message(err: Exception) -> str | None:
     """The one-line message for an error the user can fix, or ``None`` for a bug (which keeps its traceback).
 
-    User errors are the package's :class:`~shfcas_fast.errors.ShfcasError`, OSError (files, disks),
-    Arrow's errors while reading a named file, running out of memory, and a missing optional package.
+    User errors are the package's :class:`~shfcas_fast.errors.ShfcasError` (including Arrow's errors
+    while reading a file, which :mod:`shfcas_fast.io` raises naming the file), OSError (files, disks),
+    running out of memory, and a missing optional package.
     """
     if isinstance(err, FileExistsError):
         return f"{err}; pass --overwrite to replace it"
     if isinstance(err, (ShfcasError, OSError)):
         return _one_line(err)
-    if isinstance(err, ValueError) and isinstance(err.__cause__, pa.ArrowException):
-        return _one_line(err)  # the reader's "cannot read FILE: ..." around Arrow's parse error
     if isinstance(err, MemoryError):
         return f"out of memory ({_one_line(err)}); use a smaller input or free memory"
     if isinstance(err, ModuleNotFoundError) and (err.name or "").split(".")[0] in _EXTRA_OF_PACKAGE:
