@@ -127,3 +127,17 @@ def test_default_batch_is_bounded_by_bytes(tmp_path):
     # Rows of about 100 kB: as many as fit in DEFAULT_BATCH_BYTES.
     assert default_batch_rows(wide) == DEFAULT_BATCH_BYTES // (io.read_table(wide).nbytes / 10)
     assert default_batch_rows(wide, ["prompt"]) == io.DEFAULT_BATCH_ROWS
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_score_file_reads_a_folder_of_shards(tmp_path, adjacent, grouped):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for shard, start in enumerate(range(0, adjacent.num_rows, 100)):  # prompts straddle the shards
+        io.write_table(folder / f"part-{shard}.parquet", adjacent.slice(start, 100))
+    output = tmp_path / "scored.jsonl"
+    score_file(folder, output, logprob_column="token_logprobs", grouped=grouped)
+    expected = score_table(adjacent, logprob_column="token_logprobs")
+    scored = io.read_table(output)
+    assert scored["completion"].to_pylist() == expected["completion"].to_pylist()
+    np.testing.assert_allclose(scored["pacs"].to_numpy(), expected["pacs"].to_numpy(), rtol=1e-12)
