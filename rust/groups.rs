@@ -1,4 +1,9 @@
-//! Ragged groups given by offsets, and a divide-and-conquer driver that scores them in parallel.
+//! Ragged groups given by offsets, a divide-and-conquer driver that scores them in parallel, and the
+//! permutations that bring rows into group order and back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
 
 /// Groups below this many items in total are scored on one thread.
 const LEAF_ITEMS: usize = 1 << 14;
@@ -75,6 +80,42 @@ pub fn stable_group_order(ids: &[i32], num_groups: usize) -> Result<Vec<i64>, St
     Ok(order)
 }
 
+/// Checks that `order` is a permutation of `0..order.len()`: every value in range, none twice.
+pub fn check_permutation(order: &[i64]) -> Result<(), String> {
+    let n = order.len();
+    let seen: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    order.par_iter().enumerate().try_for_each(|(i, &row)| {
+        if row < 0 || row as u64 >= n as u64 {
+            return Err(format!(
+                "order[{i}] is {row}; a row order must hold each of 0..{n} once"
+            ));
+        }
+        let bit = 1u64 << (row % 64);
+        if seen[row as usize / 64].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+            return Err(format!(
+                "order[{i}] is {row}, which appears twice; a row order must hold each of 0..{n} once"
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// `values[order[j]]` for every `j`: rows put in group order. `order` must be a checked permutation.
+pub fn gather<T: Copy + Send + Sync>(values: &[T], order: &[i64]) -> Vec<T> {
+    order.par_iter().map(|&row| values[row as usize]).collect()
+}
+
+/// The inverse of [`gather`]: `out[order[j]] = values[j]`, results put back in row order.
+/// `order` must be a checked permutation of `0..values.len()`.
+pub fn scatter(values: &[f64], order: &[i64]) -> Vec<f64> {
+    // Each row is written once; relaxed atomic stores make the parallel scattered writes safe.
+    let out: Vec<AtomicU64> = (0..values.len()).map(|_| AtomicU64::new(0)).collect();
+    values.par_iter().zip(order).for_each(|(value, &row)| {
+        out[row as usize].store(value.to_bits(), Ordering::Relaxed);
+    });
+    out.into_iter().map(|bits| f64::from_bits(bits.into_inner())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +140,25 @@ mod tests {
         assert!(validate_offsets(&[0, 3, 2, 5], 5)
             .unwrap_err()
             .contains("group_sizes[1] is -1"));
+    }
+
+    #[test]
+    fn permutations_are_checked_and_inverted() {
+        let order = [2i64, 0, 3, 1];
+        assert!(check_permutation(&order).is_ok());
+        assert!(check_permutation(&[]).is_ok());
+        assert!(check_permutation(&[0, 4, 1, 2]).unwrap_err().contains("order[1] is 4"));
+        assert!(check_permutation(&[0, -1]).unwrap_err().contains("order[1] is -1"));
+        assert!(check_permutation(&[1, 0, 1])
+            .unwrap_err()
+            .contains("order[2] is 1, which appears twice"));
+        let values = [10.0, 11.0, 12.0, 13.0];
+        let grouped = gather(&values, &order);
+        assert_eq!(grouped, vec![12.0, 10.0, 13.0, 11.0]);
+        assert_eq!(scatter(&grouped, &order), values.to_vec());
+        let big: Vec<i64> = (0..100_000).map(|i| (i * 7919) % 100_000).collect();
+        assert!(check_permutation(&big).is_ok());
+        let values: Vec<f64> = (0..100_000).map(|i| i as f64 * 0.5).collect();
+        assert_eq!(scatter(&gather(&values, &big), &big), values);
     }
 }
