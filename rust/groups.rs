@@ -1,6 +1,7 @@
 //! Ragged groups given by offsets, a divide-and-conquer driver that scores them in parallel, and the
 //! permutations that bring rows into group order and back.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
@@ -108,12 +109,47 @@ pub fn gather<T: Copy + Send + Sync>(values: &[T], order: &[i64]) -> Vec<T> {
 /// The inverse of [`gather`]: `out[order[j]] = values[j]`, results put back in row order.
 /// `order` must be a checked permutation of `0..values.len()`.
 pub fn scatter(values: &[f64], order: &[i64]) -> Vec<f64> {
-    // Each row is written once; relaxed atomic stores make the parallel scattered writes safe.
-    let out: Vec<AtomicU64> = (0..values.len()).map(|_| AtomicU64::new(0)).collect();
-    values.par_iter().zip(order).for_each(|(value, &row)| {
-        out[row as usize].store(value.to_bits(), Ordering::Relaxed);
+    let mut out = vec![0.0; values.len()];
+    let writer = DisjointWriter::new(&mut out);
+    values.par_iter().zip(order).for_each(|(&value, &row)| {
+        // SAFETY: `order` is a permutation, so every row is written by exactly one iteration.
+        unsafe { writer.write(row as usize, value) };
     });
-    out.into_iter().map(|bits| f64::from_bits(bits.into_inner())).collect()
+    out
+}
+
+/// A slice that many threads write at once, at indices that never repeat: the scattered writes of a
+/// permutation, which no safe split of the slice expresses.
+pub struct DisjointWriter<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the writer only moves `T` values into the slice it exclusively borrows; `write`'s contract
+// keeps two threads off one index.
+unsafe impl<T: Send> Send for DisjointWriter<'_, T> {}
+unsafe impl<T: Send> Sync for DisjointWriter<'_, T> {}
+
+impl<'a, T: Copy> DisjointWriter<'a, T> {
+    pub fn new(slice: &'a mut [T]) -> Self {
+        DisjointWriter {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Writes `value` at index `i` (bounds-checked).
+    ///
+    /// # Safety
+    /// While this writer lives, no index may be written twice (by any threads).
+    #[inline(always)]
+    pub unsafe fn write(&self, i: usize, value: T) {
+        assert!(i < self.len, "index {i} out of bounds for a slice of {}", self.len);
+        // SAFETY: in bounds, and by the contract no other thread touches index `i`.
+        unsafe { self.ptr.add(i).write(value) };
+    }
 }
 
 #[cfg(test)]

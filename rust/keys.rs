@@ -12,9 +12,11 @@
 //! 4. renumber all keys by first appearance (the rank of each key's first row), and write each row's
 //!    prompt index and the stable order that makes every prompt's rows contiguous.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
+
+use crate::groups::DisjointWriter;
 
 /// Rows per parallel task when hashing and partitioning.
 const ROW_CHUNK: usize = 1 << 16;
@@ -151,13 +153,16 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     hash_u64(fold_multiply(a ^ K1 ^ h, b ^ K2 ^ K0))
 }
 
-/// A key column as the grouping sees it: hashes of row ranges and exact equality of two rows.
+/// A key column as the grouping sees it: hashes of row ranges and the key of a row, to compare.
 trait KeyColumn: Sync {
+    /// A row's key, borrowed: equal keys compare equal.
+    type Key<'k>: PartialEq + Send + Sync
+    where
+        Self: 'k;
     fn len(&self) -> usize;
     /// Writes the hashes of rows `start..start + out.len()`.
     fn hash_rows(&self, start: usize, out: &mut [u64]);
-    /// Whether rows `a` and `b` hold equal keys.
-    fn equal(&self, a: usize, b: usize) -> bool;
+    fn key(&self, row: usize) -> Self::Key<'_>;
     /// Whether equal (unmasked) hashes always mean equal keys.
     const HASH_IS_INJECTIVE: bool;
 }
@@ -182,6 +187,11 @@ int_key!(i64 => i64, i32 => i64, u64 => u64, u32 => u64);
 struct IntColumn<'a, T>(&'a [T]);
 
 impl<T: IntKey> KeyColumn for IntColumn<'_, T> {
+    type Key<'k>
+        = u64
+    where
+        Self: 'k;
+
     fn len(&self) -> usize {
         self.0.len()
     }
@@ -192,8 +202,8 @@ impl<T: IntKey> KeyColumn for IntColumn<'_, T> {
         }
     }
 
-    fn equal(&self, a: usize, b: usize) -> bool {
-        self.0[a] == self.0[b]
+    fn key(&self, row: usize) -> u64 {
+        self.0[row].bits()
     }
 
     const HASH_IS_INJECTIVE: bool = true;
@@ -208,7 +218,7 @@ struct BytesColumn<'a, 'k> {
 
 impl BytesColumn<'_, '_> {
     #[inline]
-    fn key(&self, row: usize) -> &[u8] {
+    fn key_bytes(&self, row: usize) -> &[u8] {
         let chunk = if self.chunks.len() == 1 {
             0
         } else {
@@ -219,6 +229,11 @@ impl BytesColumn<'_, '_> {
 }
 
 impl KeyColumn for BytesColumn<'_, '_> {
+    type Key<'k>
+        = &'k [u8]
+    where
+        Self: 'k;
+
     fn len(&self) -> usize {
         self.starts[self.chunks.len()]
     }
@@ -236,8 +251,8 @@ impl KeyColumn for BytesColumn<'_, '_> {
         }
     }
 
-    fn equal(&self, a: usize, b: usize) -> bool {
-        self.key(a) == self.key(b)
+    fn key(&self, row: usize) -> &[u8] {
+        self.key_bytes(row)
     }
 
     const HASH_IS_INJECTIVE: bool = false;
@@ -252,7 +267,7 @@ struct FixedColumn<'a> {
 
 impl FixedColumn<'_> {
     #[inline]
-    fn key(&self, row: usize) -> &[u8] {
+    fn key_bytes(&self, row: usize) -> &[u8] {
         let mut key = &self.data[row * self.width..(row + 1) * self.width];
         if self.strip_unit > 0 {
             while key.len() >= self.strip_unit && key[key.len() - self.strip_unit..].iter().all(|&b| b == 0) {
@@ -264,18 +279,23 @@ impl FixedColumn<'_> {
 }
 
 impl KeyColumn for FixedColumn<'_> {
+    type Key<'k>
+        = &'k [u8]
+    where
+        Self: 'k;
+
     fn len(&self) -> usize {
         self.data.len().checked_div(self.width).unwrap_or(0)
     }
 
     fn hash_rows(&self, start: usize, out: &mut [u64]) {
         for (i, h) in out.iter_mut().enumerate() {
-            *h = hash_bytes(self.key(start + i));
+            *h = hash_bytes(self.key_bytes(start + i));
         }
     }
 
-    fn equal(&self, a: usize, b: usize) -> bool {
-        self.key(a) == self.key(b)
+    fn key(&self, row: usize) -> &[u8] {
+        self.key_bytes(row)
     }
 
     const HASH_IS_INJECTIVE: bool = false;
@@ -291,6 +311,8 @@ pub struct Grouping {
     pub order: Vec<i64>,
     /// Rows per prompt, `[g]`.
     pub sizes: Vec<i64>,
+    /// The row where each prompt first appears, increasing, `[g]`.
+    pub first_rows: Vec<i64>,
     /// Whether `order` is the identity (every prompt's rows already adjacent, in first-appearance order).
     pub contiguous: bool,
 }
@@ -354,7 +376,34 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
     if n > u32::MAX as usize {
         return Err(format!("{n} rows are more than {} that one grouping takes", u32::MAX));
     }
-    let injective = K::HASH_IS_INJECTIVE && hash_mask == u64::MAX;
+    let by_hash = group_by_hash(keys, hash_mask, false);
+    // Integer keys need no check: equal hashes of the full mix mean equal integers.
+    if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
+        return Ok(by_hash);
+    }
+    // Check every row against its prompt's first row, in row order (reading keys sequentially is
+    // far cheaper than comparing inside the tables, where both keys sit at random places). Only if
+    // two distinct keys share a hash is the grouping redone, comparing keys wherever hashes meet.
+    let first_keys: Vec<K::Key<'_>> = by_hash
+        .first_rows
+        .par_iter()
+        .map(|&row| keys.key(row as usize))
+        .collect();
+    let exact = by_hash.index.par_chunks(ROW_CHUNK).enumerate().all(|(c, prompts)| {
+        let start = c * ROW_CHUNK;
+        (prompts.iter().enumerate()).all(|(i, &prompt)| keys.key(start + i) == first_keys[prompt as usize])
+    });
+    drop(first_keys);
+    Ok(if exact {
+        by_hash
+    } else {
+        group_by_hash(keys, hash_mask, true)
+    })
+}
+
+/// Groups rows by hash; with `compare_keys`, rows of equal hashes join only if their keys are equal.
+fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> Grouping {
+    let n = keys.len();
 
     // 1. Hashes.
     let mut hashes = vec![0u64; n];
@@ -423,7 +472,7 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
         }
         slices
             .into_par_iter()
-            .map(|(h, r, l)| number_partition(keys, injective, h, r, l))
+            .map(|(h, r, l)| number_partition(keys, compare_keys, h, r, l))
             .collect()
     };
     drop(part_hashes);
@@ -451,13 +500,20 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
         .par_iter()
         .map(|part| part.first_rows.iter().map(|&row| rank(row)).collect())
         .collect();
-    let sizes: Vec<AtomicI64> = (0..num_groups).map(|_| AtomicI64::new(0)).collect();
-    partition_keys.par_iter().zip(&global).for_each(|(part, ids)| {
-        for (&count, &id) in part.counts.iter().zip(ids) {
-            sizes[id].store(i64::from(count), Ordering::Relaxed);
-        }
-    });
-    let sizes: Vec<i64> = sizes.into_iter().map(AtomicI64::into_inner).collect();
+    let mut sizes = vec![0i64; num_groups];
+    let mut first_rows = vec![0i64; num_groups];
+    {
+        let (size_writer, first_writer) = (DisjointWriter::new(&mut sizes), DisjointWriter::new(&mut first_rows));
+        partition_keys.par_iter().zip(&global).for_each(|(part, ids)| {
+            for ((&count, &row), &id) in part.counts.iter().zip(&part.first_rows).zip(ids) {
+                // SAFETY: ids are ranks of distinct first rows, so no two keys share one.
+                unsafe {
+                    size_writer.write(id, i64::from(count));
+                    first_writer.write(id, i64::from(row));
+                }
+            }
+        });
+    }
     let mut starts = Vec::with_capacity(num_groups);
     let mut total = 0i64;
     for &size in &sizes {
@@ -465,11 +521,11 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
         total += size;
     }
 
-    // 5. Each row's prompt and its place in the contiguous order. A key lives in one partition and
-    // rows are distinct, so the writes never meet; relaxed atomics keep that safe without locks.
-    let index: Vec<AtomicI64> = (0..n).map(|_| AtomicI64::new(0)).collect();
-    let order: Vec<AtomicI64> = (0..n).map(|_| AtomicI64::new(0)).collect();
+    // 5. Each row's prompt and its place in the contiguous order.
+    let mut index = vec![0i64; n];
+    let mut order = vec![0i64; n];
     {
+        let (index_writer, order_writer) = (DisjointWriter::new(&mut index), DisjointWriter::new(&mut order));
         let mut slices = Vec::with_capacity(partitions);
         let (mut r_rest, mut l_rest) = (part_rows.as_slice(), local.as_slice());
         for &size in &partition_sizes {
@@ -482,29 +538,33 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
             let mut next: Vec<i64> = ids.iter().map(|&id| starts[id]).collect();
             for (&row, &key) in rows.iter().zip(locals) {
                 let key = key as usize;
-                index[row as usize].store(ids[key] as i64, Ordering::Relaxed);
-                order[next[key] as usize].store(i64::from(row), Ordering::Relaxed);
+                // SAFETY: every row is in exactly one partition, once; a key lives in one partition
+                // and its `sizes[id]` slots from `starts[id]` are handed out one row at a time.
+                unsafe {
+                    index_writer.write(row as usize, ids[key] as i64);
+                    order_writer.write(next[key] as usize, i64::from(row));
+                }
                 next[key] += 1;
             }
         });
     }
     drop(part_rows);
     drop(local);
-    let order: Vec<i64> = order.into_iter().map(AtomicI64::into_inner).collect();
-    let index: Vec<i64> = index.into_iter().map(AtomicI64::into_inner).collect();
     let contiguous = order.par_iter().enumerate().all(|(i, &row)| row == i as i64);
-    Ok(Grouping {
+    Grouping {
         index,
         order,
         sizes,
+        first_rows,
         contiguous,
-    })
+    }
 }
 
 /// Numbers the keys of one partition (rows increasing), writing each entry's key number to `local`.
+/// With `compare_keys`, a row joins a key only if its hash is equal *and* its key is.
 fn number_partition<K: KeyColumn>(
     keys: &K,
-    injective: bool,
+    compare_keys: bool,
     hashes: &[u64],
     rows: &[u32],
     local: &mut [u32],
@@ -526,7 +586,9 @@ fn number_partition<K: KeyColumn>(
                 counts.push(0);
                 break key;
             }
-            if slot_hash == h && (injective || keys.equal(row as usize, first_rows[key as usize] as usize)) {
+            if slot_hash == h
+                && (!compare_keys || keys.key(row as usize) == keys.key(first_rows[key as usize] as usize))
+            {
                 break key;
             }
             slot = (slot + 1) & (capacity - 1);
@@ -577,10 +639,15 @@ mod tests {
         let mut order: Vec<i64> = (0..keys.len() as i64).collect();
         order.sort_by_key(|&row| index[row as usize]);
         let contiguous = order.iter().enumerate().all(|(i, &r)| r == i as i64);
+        let mut first_rows = vec![-1i64; sizes.len()];
+        for (row, &g) in index.iter().enumerate().rev() {
+            first_rows[g as usize] = row as i64;
+        }
         Grouping {
             index,
             order,
             sizes,
+            first_rows,
             contiguous,
         }
     }

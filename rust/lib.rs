@@ -250,8 +250,9 @@ enum OffsetArray<'py> {
     I64(PyReadonlyArray1<'py, i64>),
 }
 
-/// The four outputs of a grouping, as numpy arrays: (index, order, sizes, contiguous).
+/// A grouping as numpy arrays: (index, order, sizes, first_rows, contiguous).
 type GroupingArrays<'py> = (
+    Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
@@ -271,11 +272,12 @@ fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> P
         grouping.index.into_pyarray(py),
         grouping.order.into_pyarray(py),
         grouping.sizes.into_pyarray(py),
+        grouping.first_rows.into_pyarray(py),
         grouping.contiguous,
     ))
 }
 
-/// Groups rows by integer key: (index, order, sizes, contiguous).
+/// Groups rows by integer key: (index, order, sizes, first_rows, contiguous).
 #[pyfunction]
 #[pyo3(signature = (keys, hash_mask = u64::MAX))]
 fn group_int_keys<'py>(py: Python<'py>, keys: IntKeyArray<'py>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
@@ -288,7 +290,7 @@ fn group_int_keys<'py>(py: Python<'py>, keys: IntKeyArray<'py>, hash_mask: u64) 
     run_grouping(py, keys, hash_mask)
 }
 
-/// Groups rows by byte-string key given as Arrow chunks of (offsets, data): (index, order, sizes, contiguous).
+/// Groups rows by byte-string key given as Arrow chunks of (offsets, data): (index, order, sizes, first_rows, contiguous).
 #[pyfunction]
 #[pyo3(signature = (chunks, hash_mask = u64::MAX))]
 fn group_byte_keys<'py>(
@@ -312,7 +314,7 @@ fn group_byte_keys<'py>(
     run_grouping(py, keys::Keys::Bytes(chunks), hash_mask)
 }
 
-/// Groups rows by fixed-width byte key (numpy `S`/`U` data): (index, order, sizes, contiguous).
+/// Groups rows by fixed-width byte key (numpy `S`/`U` data): (index, order, sizes, first_rows, contiguous).
 #[pyfunction]
 #[pyo3(signature = (data, width, strip_unit, hash_mask = u64::MAX))]
 fn group_fixed_keys<'py>(
