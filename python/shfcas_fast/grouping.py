@@ -191,6 +191,8 @@ def _group_arrow(
         row = pc.index(pc.is_null(keys), True).as_py()
         raise ShfcasValueError(f"{name}[{row}] is null; every row needs a prompt key")
     kind = keys.type
+    if pa.types.is_null(kind):  # an empty list (a non-empty null column failed above)
+        return _core.group_int_keys(np.zeros(0, dtype=np.int64), hash_mask)
     chunks = list(keys.chunks) if isinstance(keys, pa.ChunkedArray) else [keys]
     if pa.types.is_dictionary(kind):
         # Group the dictionary's values (one per distinct code), then the rows by their value's group.
