@@ -9,8 +9,8 @@
 //! 3. number each partition's keys with a small open-addressing table that fits in cache; two rows
 //!    join the same key only if their hashes are equal *and* their keys compare equal (integer keys
 //!    skip the comparison: their hash is a bijection, so equal hashes mean equal keys);
-//! 4. renumber all keys by first appearance (the rank of each key's first row), and write each row's
-//!    prompt index and the stable order that makes every prompt's rows contiguous.
+//! 4. renumber all keys by first appearance (the rank of each key's first row) and write the stable
+//!    row order that makes every prompt's rows contiguous.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -304,8 +304,6 @@ impl KeyColumn for FixedColumn<'_> {
 /// How `n` rows fall into `g` prompts numbered by first appearance.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Grouping {
-    /// The prompt of each row, `[n]`.
-    pub index: Vec<i64>,
     /// The stable row order that makes prompts contiguous: prompt 0's rows first, each prompt's rows
     /// in their original order, `[n]`.
     pub order: Vec<i64>,
@@ -381,19 +379,21 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
     if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
         return Ok(by_hash);
     }
-    // Check every row against its prompt's first row, in row order (reading keys sequentially is
-    // far cheaper than comparing inside the tables, where both keys sit at random places). Only if
-    // two distinct keys share a hash is the grouping redone, comparing keys wherever hashes meet.
-    let first_keys: Vec<K::Key<'_>> = by_hash
-        .first_rows
-        .par_iter()
-        .map(|&row| keys.key(row as usize))
-        .collect();
-    let exact = by_hash.index.par_chunks(ROW_CHUNK).enumerate().all(|(c, prompts)| {
-        let start = c * ROW_CHUNK;
-        (prompts.iter().enumerate()).all(|(i, &prompt)| keys.key(start + i) == first_keys[prompt as usize])
+    // Check every row against its prompt's first row, prompt by prompt (the first key stays in
+    // cache while its rows are compared). Only if two distinct keys share a hash is the grouping
+    // redone, comparing keys wherever hashes meet.
+    let mut starts = Vec::with_capacity(by_hash.sizes.len());
+    let mut total = 0usize;
+    for &size in &by_hash.sizes {
+        starts.push(total);
+        total += size as usize;
+    }
+    let order = &by_hash.order;
+    let exact = starts.par_iter().zip(&by_hash.sizes).all(|(&start, &size)| {
+        let rows = &order[start..start + size as usize];
+        let first = keys.key(rows[0] as usize);
+        rows[1..].iter().all(|&row| keys.key(row as usize) == first)
     });
-    drop(first_keys);
     Ok(if exact {
         by_hash
     } else {
@@ -521,11 +521,10 @@ fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> 
         total += size;
     }
 
-    // 5. Each row's prompt and its place in the contiguous order.
-    let mut index = vec![0i64; n];
+    // 5. Each row's place in the contiguous order.
     let mut order = vec![0i64; n];
     {
-        let (index_writer, order_writer) = (DisjointWriter::new(&mut index), DisjointWriter::new(&mut order));
+        let order_writer = DisjointWriter::new(&mut order);
         let mut slices = Vec::with_capacity(partitions);
         let (mut r_rest, mut l_rest) = (part_rows.as_slice(), local.as_slice());
         for &size in &partition_sizes {
@@ -538,12 +537,9 @@ fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> 
             let mut next: Vec<i64> = ids.iter().map(|&id| starts[id]).collect();
             for (&row, &key) in rows.iter().zip(locals) {
                 let key = key as usize;
-                // SAFETY: every row is in exactly one partition, once; a key lives in one partition
-                // and its `sizes[id]` slots from `starts[id]` are handed out one row at a time.
-                unsafe {
-                    index_writer.write(row as usize, ids[key] as i64);
-                    order_writer.write(next[key] as usize, i64::from(row));
-                }
+                // SAFETY: a key lives in one partition, and its `sizes[id]` slots from `starts[id]`
+                // are handed out one row at a time.
+                unsafe { order_writer.write(next[key] as usize, i64::from(row)) };
                 next[key] += 1;
             }
         });
@@ -552,7 +548,6 @@ fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> 
     drop(local);
     let contiguous = order.par_iter().enumerate().all(|(i, &row)| row == i as i64);
     Grouping {
-        index,
         order,
         sizes,
         first_rows,
@@ -644,7 +639,6 @@ mod tests {
             first_rows[g as usize] = row as i64;
         }
         Grouping {
-            index,
             order,
             sizes,
             first_rows,
@@ -670,7 +664,7 @@ mod tests {
     #[test]
     fn small_example() {
         let g = group_keys(&Keys::I64(&[7, 3, 7, 9, 3, 7]), u64::MAX).unwrap();
-        assert_eq!(g.index, vec![0, 1, 0, 2, 1, 0]);
+        assert_eq!(g.first_rows, vec![0, 1, 3]);
         assert_eq!(g.order, vec![0, 2, 5, 1, 4, 3]);
         assert_eq!(g.sizes, vec![3, 2, 1]);
         assert!(!g.contiguous);
@@ -770,7 +764,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(g.index, vec![0, 0, 1, 2]);
+        assert_eq!((g.order, g.sizes), (vec![0, 1, 2, 3], vec![2, 1, 1]));
         let exact = group_keys(
             &Keys::Fixed {
                 data: b"a\0a\0",
@@ -780,13 +774,13 @@ mod tests {
             u64::MAX,
         )
         .unwrap();
-        assert_eq!(exact.index, vec![0, 0]);
+        assert_eq!(exact.sizes, vec![2]);
     }
 
     #[test]
     fn empty_and_invalid_inputs() {
         let g = group_keys(&Keys::I64(&[]), u64::MAX).unwrap();
-        assert!(g.index.is_empty() && g.sizes.is_empty() && g.contiguous);
+        assert!(g.order.is_empty() && g.sizes.is_empty() && g.contiguous);
         assert!(group_keys(&Keys::Bytes(vec![]), u64::MAX).unwrap().sizes.is_empty());
         let bad = Keys::Bytes(vec![ByteChunk {
             offsets: Offsets::I32(&[0, 5]),

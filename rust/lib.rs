@@ -250,9 +250,8 @@ enum OffsetArray<'py> {
     I64(PyReadonlyArray1<'py, i64>),
 }
 
-/// A grouping as numpy arrays: (index, order, sizes, first_rows, contiguous).
+/// A grouping as numpy arrays: (order, sizes, first_rows, contiguous).
 type GroupingArrays<'py> = (
-    Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
@@ -269,7 +268,6 @@ fn contiguous_slice<'a, T: numpy::Element>(array: &'a PyReadonlyArray1<'_, T>, n
 fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
     let grouping = run_detached(py, || keys::group_keys(&keys, hash_mask))?.map_err(PyValueError::new_err)?;
     Ok((
-        grouping.index.into_pyarray(py),
         grouping.order.into_pyarray(py),
         grouping.sizes.into_pyarray(py),
         grouping.first_rows.into_pyarray(py),
@@ -277,7 +275,7 @@ fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> P
     ))
 }
 
-/// Groups rows by integer key: (index, order, sizes, first_rows, contiguous).
+/// Groups rows by integer key: (order, sizes, first_rows, contiguous).
 #[pyfunction]
 #[pyo3(signature = (keys, hash_mask = u64::MAX))]
 fn group_int_keys<'py>(py: Python<'py>, keys: IntKeyArray<'py>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
@@ -290,7 +288,7 @@ fn group_int_keys<'py>(py: Python<'py>, keys: IntKeyArray<'py>, hash_mask: u64) 
     run_grouping(py, keys, hash_mask)
 }
 
-/// Groups rows by byte-string key given as Arrow chunks of (offsets, data): (index, order, sizes, first_rows, contiguous).
+/// Groups rows by byte-string key given as Arrow chunks of (offsets, data): (order, sizes, first_rows, contiguous).
 #[pyfunction]
 #[pyo3(signature = (chunks, hash_mask = u64::MAX))]
 fn group_byte_keys<'py>(
@@ -314,7 +312,7 @@ fn group_byte_keys<'py>(
     run_grouping(py, keys::Keys::Bytes(chunks), hash_mask)
 }
 
-/// Groups rows by fixed-width byte key (numpy `S`/`U` data): (index, order, sizes, first_rows, contiguous).
+/// Groups rows by fixed-width byte key (numpy `S`/`U` data): (order, sizes, first_rows, contiguous).
 #[pyfunction]
 #[pyo3(signature = (data, width, strip_unit, hash_mask = u64::MAX))]
 fn group_fixed_keys<'py>(

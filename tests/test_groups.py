@@ -241,7 +241,7 @@ def test_group_sizes_and_groups_exclude_each_other():
 def test_a_tampered_row_order_is_refused():
     groups = shfcas_fast.group_keys(["a", "b", "a"])
     forged = shfcas_fast.KeyGroups(
-        index=groups.index, order=np.array([0, 0, 1]), sizes=groups.sizes, first_rows=groups.first_rows, contiguous=False
+        order=np.array([0, 0, 1]), sizes=groups.sizes, first_rows=groups.first_rows, contiguous=False
     )
     with pytest.raises(ValueError, match=r"order\[1\] is 0, which appears twice"):
         shfcas_fast.score([0.0, 1.0, 2.0], [1.0, 0.0, 2.0], groups=forged)

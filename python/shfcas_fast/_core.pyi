@@ -56,8 +56,8 @@ def top_k(scores: _FloatArray, k: int) -> npt.NDArray[np.int64]: ...
 def stable_group_order(ids: npt.NDArray[np.int32], num_groups: int) -> npt.NDArray[np.int64]: ...
 
 _IntArray = npt.NDArray[np.int64]
-#: (index [n], order [n], sizes [g], first_rows [g], contiguous): see ``shfcas_fast.KeyGroups``.
-_Grouping = tuple[_IntArray, _IntArray, _IntArray, _IntArray, bool]
+#: (order [n], sizes [g], first_rows [g], contiguous): see ``shfcas_fast.KeyGroups``.
+_Grouping = tuple[_IntArray, _IntArray, _IntArray, bool]
 
 def group_int_keys(
     keys: npt.NDArray[np.int64] | npt.NDArray[np.int32] | npt.NDArray[np.uint64] | npt.NDArray[np.uint32],

@@ -6,7 +6,7 @@ contiguous, and the prompt sizes. The work runs in the compiled core with the in
 each key is hashed to 64 bits (strings and bytes straight from their Arrow or numpy buffers, integers
 by value), rows are grouped by hash, and every row is then compared with its prompt's first key, so
 two distinct keys that share a hash are still told apart. The keys are never copied into Python
-objects; the grouping holds about 24 bytes per row.
+objects; grouping needs about 24 bytes per row at its peak and keeps 8 (the row order).
 
 Example:
 ```python
@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,6 @@ class KeyGroups:
     Made by :func:`group_keys`; its arrays are read-only.
 
     Attributes:
-        index: int64 ``[n]``, the prompt of each row.
         order: int64 ``[n]``, the stable row order that makes prompts contiguous: the rows of prompt
             0 first, then prompt 1, ..., each prompt's rows in their original order.
         sizes: int64 ``[g]``, rows per prompt.
@@ -53,17 +53,25 @@ class KeyGroups:
             prompt ``p`` is ``keys[first_rows[p]]``.
         contiguous: whether the rows are already grouped (``order`` is ``0 .. n - 1``), in which case
             scoring skips the reordering.
+        index: int64 ``[n]``, the prompt of each row (a property, computed on first use).
     """
 
-    index: np.ndarray
     order: np.ndarray
     sizes: np.ndarray
     first_rows: np.ndarray
     contiguous: bool
 
+    @functools.cached_property
+    def index(self) -> np.ndarray:
+        """int64 ``[n]``, the prompt of each row (computed on first use: scoring does not need it)."""
+        index = np.empty(self.num_rows, dtype=np.int64)
+        index[self.order] = np.repeat(np.arange(self.num_groups, dtype=np.int64), self.sizes)
+        index.flags.writeable = False
+        return index
+
     @property
     def num_rows(self) -> int:
-        return int(self.index.shape[0])
+        return int(self.order.shape[0])
 
     @property
     def num_groups(self) -> int:
@@ -115,13 +123,17 @@ def group_keys(keys: Any) -> KeyGroups:
 
 def _group(keys: Any, name: str, hash_mask: int = _FULL_HASH) -> KeyGroups:
     """:func:`group_keys` for argument ``name``; ``hash_mask`` narrows the hash (tests only)."""
-    index, order, sizes, first_rows, contiguous = _group_in_core(keys, name, hash_mask)
-    for array in (index, order, sizes, first_rows):
+    order, sizes, first_rows, contiguous = _group_in_core(keys, name, hash_mask)
+    for array in (order, sizes, first_rows):
         array.flags.writeable = False
-    return KeyGroups(index=index, order=order, sizes=sizes, first_rows=first_rows, contiguous=contiguous)
+    return KeyGroups(order=order, sizes=sizes, first_rows=first_rows, contiguous=contiguous)
 
 
-def _group_in_core(keys: Any, name: str, hash_mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+#: What the core's grouping functions return: (order, sizes, first_rows, contiguous).
+_CoreGrouping = tuple[np.ndarray, np.ndarray, np.ndarray, bool]
+
+
+def _group_in_core(keys: Any, name: str, hash_mask: int) -> _CoreGrouping:
     if isinstance(keys, (pa.Array, pa.ChunkedArray)):
         return _group_arrow(keys, name, hash_mask)
     if isinstance(keys, np.ndarray):
@@ -152,7 +164,7 @@ def _group_in_core(keys: Any, name: str, hash_mask: int) -> tuple[np.ndarray, np
     return _group_arrow(array, name, hash_mask)
 
 
-def _group_numpy(keys: np.ndarray, name: str, hash_mask: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+def _group_numpy(keys: np.ndarray, name: str, hash_mask: int) -> _CoreGrouping:
     if keys.ndim != 1:
         raise ShfcasValueError(f"{name} must be 1-D, got shape {tuple(keys.shape)}")
     kind = keys.dtype.kind
@@ -184,9 +196,7 @@ def _group_numpy(keys: np.ndarray, name: str, hash_mask: int) -> tuple[np.ndarra
     )
 
 
-def _group_arrow(
-    keys: pa.Array | pa.ChunkedArray, name: str, hash_mask: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+def _group_arrow(keys: pa.Array | pa.ChunkedArray, name: str, hash_mask: int) -> _CoreGrouping:
     if keys.null_count:
         row = pc.index(pc.is_null(keys), True).as_py()
         raise ShfcasValueError(f"{name}[{row}] is null; every row needs a prompt key")
@@ -202,7 +212,7 @@ def _group_arrow(
         dictionary = unified.chunk(0).dictionary
         if dictionary.null_count:
             return _group_arrow(unified.cast(kind.value_type), name, hash_mask)
-        value_groups, *_ = _group_in_core(dictionary, name, hash_mask)
+        value_groups = _group(dictionary, name, hash_mask).index
         codes = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in unified.chunks])
         return _core.group_int_keys(value_groups[codes], hash_mask)
     if pa.types.is_string(kind) or pa.types.is_binary(kind):
