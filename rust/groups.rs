@@ -101,21 +101,31 @@ pub fn check_permutation(order: &[i64]) -> Result<(), String> {
     })
 }
 
-/// `values[order[j]]` for every `j`: rows put in group order. `order` must be a checked permutation.
-pub fn gather<T: Copy + Send + Sync>(values: &[T], order: &[i64]) -> Vec<T> {
-    order.par_iter().map(|&row| values[row as usize]).collect()
+/// `(x[order[j]], y[order[j]])` for every `j`: two columns put in group order in one pass.
+/// `order` must be a checked permutation.
+pub fn gather_pair<T: Copy + Send + Sync>(x: &[T], y: &[T], order: &[i64]) -> (Vec<T>, Vec<T>) {
+    order.par_iter().map(|&row| (x[row as usize], y[row as usize])).unzip()
 }
 
-/// The inverse of [`gather`]: `out[order[j]] = values[j]`, results put back in row order.
-/// `order` must be a checked permutation of `0..values.len()`.
-pub fn scatter(values: &[f64], order: &[i64]) -> Vec<f64> {
-    let mut out = vec![0.0; values.len()];
-    let writer = DisjointWriter::new(&mut out);
-    values.par_iter().zip(order).for_each(|(&value, &row)| {
-        // SAFETY: `order` is a permutation, so every row is written by exactly one iteration.
-        unsafe { writer.write(row as usize, value) };
-    });
-    out
+/// The inverse of [`gather_pair`] for any number of columns, in one pass: each non-empty column
+/// `c` is replaced by `out` with `out[order[j]] = c[j]`, results put back in row order. `order`
+/// must be a checked permutation of `0..c.len()`.
+pub fn scatter_columns(columns: &mut [&mut Vec<f64>], order: &[i64]) {
+    let wanted: Vec<usize> = (0..columns.len()).filter(|&k| !columns[k].is_empty()).collect();
+    let mut scattered: Vec<Vec<f64>> = wanted.iter().map(|&k| vec![0.0; columns[k].len()]).collect();
+    {
+        let grouped: Vec<&[f64]> = wanted.iter().map(|&k| columns[k].as_slice()).collect();
+        let writers: Vec<DisjointWriter<'_, f64>> = scattered.iter_mut().map(|c| DisjointWriter::new(c)).collect();
+        order.par_iter().enumerate().for_each(|(j, &row)| {
+            for (writer, values) in writers.iter().zip(&grouped) {
+                // SAFETY: `order` is a permutation, so every row is written by exactly one iteration.
+                unsafe { writer.write(row as usize, values[j]) };
+            }
+        });
+    }
+    for (&k, values) in wanted.iter().zip(scattered) {
+        *columns[k] = values;
+    }
 }
 
 /// A slice that many threads write at once, at indices that never repeat: the scattered writes of a
@@ -188,13 +198,18 @@ mod tests {
         assert!(check_permutation(&[1, 0, 1])
             .unwrap_err()
             .contains("order[2] is 1, which appears twice"));
-        let values = [10.0, 11.0, 12.0, 13.0];
-        let grouped = gather(&values, &order);
-        assert_eq!(grouped, vec![12.0, 10.0, 13.0, 11.0]);
-        assert_eq!(scatter(&grouped, &order), values.to_vec());
+        let (x, y) = ([10.0, 11.0, 12.0, 13.0], [0.0, 1.0, 2.0, 3.0]);
+        let (mut gx, mut gy) = gather_pair(&x, &y, &order);
+        assert_eq!((&gx, &gy), (&vec![12.0, 10.0, 13.0, 11.0], &vec![2.0, 0.0, 3.0, 1.0]));
+        let mut unwanted = Vec::new();
+        scatter_columns(&mut [&mut gx, &mut unwanted, &mut gy], &order);
+        assert_eq!((gx, gy), (x.to_vec(), y.to_vec()));
+        assert!(unwanted.is_empty());
         let big: Vec<i64> = (0..100_000).map(|i| (i * 7919) % 100_000).collect();
         assert!(check_permutation(&big).is_ok());
         let values: Vec<f64> = (0..100_000).map(|i| i as f64 * 0.5).collect();
-        assert_eq!(scatter(&gather(&values, &big), &big), values);
+        let (mut grouped, _) = gather_pair(&values, &values, &big);
+        scatter_columns(&mut [&mut grouped], &big);
+        assert_eq!(grouped, values);
     }
 }

@@ -357,14 +357,16 @@ fn reorder_and_score<'py>(
     let scores = run_detached(py, || {
         groups::check_permutation(order)?;
         let mut s = match pair {
-            Pair::F64(a, b) => scoring::score(&groups::gather(a, order), &groups::gather(b, order), offsets, wanted),
-            Pair::F32(a, b) => scoring::score(&groups::gather(a, order), &groups::gather(b, order), offsets, wanted),
-        };
-        for item_output in [&mut s.z_logprob, &mut s.z_reward, &mut s.pacs] {
-            if !item_output.is_empty() {
-                *item_output = groups::scatter(item_output, order);
+            Pair::F64(a, b) => {
+                let (a, b) = groups::gather_pair(a, b, order);
+                scoring::score(&a, &b, offsets, wanted)
             }
-        }
+            Pair::F32(a, b) => {
+                let (a, b) = groups::gather_pair(a, b, order);
+                scoring::score(&a, &b, offsets, wanted)
+            }
+        };
+        groups::scatter_columns(&mut [&mut s.z_logprob, &mut s.z_reward, &mut s.pacs], order);
         Ok::<_, String>(s)
     })?;
     scores.map_err(PyValueError::new_err)
