@@ -1,16 +1,18 @@
-//! Grouping rows by prompt key: a 64-bit hash per row, exact comparison wherever two hashes meet.
+//! Grouping rows by prompt key: a 64-bit hash per row, checked by exact comparison.
 //!
 //! Keys stay where the caller keeps them (Arrow offsets and data buffers, a numpy array); the engine
-//! holds only per-row integers, so grouping `n` rows needs about 24 bytes per row at its peak:
+//! holds only per-row integers, so grouping `n` rows needs about 24 bytes per row at its peak and
+//! returns 8 (the row order):
 //!
 //! 1. hash every row in parallel (integers by a bijective mix of their value, bytes by [`hash_bytes`]);
 //! 2. radix-partition `(hash, row)` by the hash's top bits, stably, so each partition lists its rows
-//!    in increasing order and every key lives in exactly one partition;
-//! 3. number each partition's keys with a small open-addressing table that fits in cache; two rows
-//!    join the same key only if their hashes are equal *and* their keys compare equal (integer keys
-//!    skip the comparison: their hash is a bijection, so equal hashes mean equal keys);
-//! 4. renumber all keys by first appearance (the rank of each key's first row) and write the stable
-//!    row order that makes every prompt's rows contiguous.
+//!    in increasing order and every hash lives in exactly one partition;
+//! 3. number each partition's distinct hashes with a small open-addressing table that fits in cache;
+//! 4. renumber them by first appearance (the rank of each one's first row) and write the stable row
+//!    order that makes every prompt's rows contiguous;
+//! 5. check every row's key against its prompt's first key. Integer keys skip this (their hash is a
+//!    bijection, so equal hashes mean equal keys). If two distinct keys share a hash, steps 3-4 run
+//!    again with the table comparing keys wherever hashes are equal, which separates them exactly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
