@@ -1,4 +1,10 @@
-//! Ragged groups given by offsets, and a divide-and-conquer driver that scores them in parallel.
+//! Ragged groups given by offsets, a divide-and-conquer driver that scores them in parallel, and the
+//! permutations that bring rows into group order and back.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
 
 /// Groups below this many items in total are scored on one thread.
 const LEAF_ITEMS: usize = 1 << 14;
@@ -75,6 +81,87 @@ pub fn stable_group_order(ids: &[i32], num_groups: usize) -> Result<Vec<i64>, St
     Ok(order)
 }
 
+/// Checks that `order` is a permutation of `0..order.len()`: every value in range, none twice.
+pub fn check_permutation(order: &[i64]) -> Result<(), String> {
+    let n = order.len();
+    let seen: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    order.par_iter().enumerate().try_for_each(|(i, &row)| {
+        if row < 0 || row as u64 >= n as u64 {
+            return Err(format!(
+                "order[{i}] is {row}; a row order must hold each of 0..{n} once"
+            ));
+        }
+        let bit = 1u64 << (row % 64);
+        if seen[row as usize / 64].fetch_or(bit, Ordering::Relaxed) & bit != 0 {
+            return Err(format!(
+                "order[{i}] is {row}, which appears twice; a row order must hold each of 0..{n} once"
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// `(x[order[j]], y[order[j]])` for every `j`: two columns put in group order in one pass.
+/// `order` must be a checked permutation.
+pub fn gather_pair<T: Copy + Send + Sync>(x: &[T], y: &[T], order: &[i64]) -> (Vec<T>, Vec<T>) {
+    order.par_iter().map(|&row| (x[row as usize], y[row as usize])).unzip()
+}
+
+/// The inverse of [`gather_pair`] for any number of columns, in one pass: each non-empty column
+/// `c` is replaced by `out` with `out[order[j]] = c[j]`, results put back in row order. `order`
+/// must be a checked permutation of `0..c.len()`.
+pub fn scatter_columns(columns: &mut [&mut Vec<f64>], order: &[i64]) {
+    let wanted: Vec<usize> = (0..columns.len()).filter(|&k| !columns[k].is_empty()).collect();
+    let mut scattered: Vec<Vec<f64>> = wanted.iter().map(|&k| vec![0.0; columns[k].len()]).collect();
+    {
+        let grouped: Vec<&[f64]> = wanted.iter().map(|&k| columns[k].as_slice()).collect();
+        let writers: Vec<DisjointWriter<'_, f64>> = scattered.iter_mut().map(|c| DisjointWriter::new(c)).collect();
+        order.par_iter().enumerate().for_each(|(j, &row)| {
+            for (writer, values) in writers.iter().zip(&grouped) {
+                // SAFETY: `order` is a permutation, so every row is written by exactly one iteration.
+                unsafe { writer.write(row as usize, values[j]) };
+            }
+        });
+    }
+    for (&k, values) in wanted.iter().zip(scattered) {
+        *columns[k] = values;
+    }
+}
+
+/// A slice that many threads write at once, at indices that never repeat: the scattered writes of a
+/// permutation, which no safe split of the slice expresses.
+pub struct DisjointWriter<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: the writer only moves `T` values into the slice it exclusively borrows; `write`'s contract
+// keeps two threads off one index.
+unsafe impl<T: Send> Send for DisjointWriter<'_, T> {}
+unsafe impl<T: Send> Sync for DisjointWriter<'_, T> {}
+
+impl<'a, T: Copy> DisjointWriter<'a, T> {
+    pub fn new(slice: &'a mut [T]) -> Self {
+        DisjointWriter {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Writes `value` at index `i` (bounds-checked).
+    ///
+    /// # Safety
+    /// While this writer lives, no index may be written twice (by any threads).
+    #[inline(always)]
+    pub unsafe fn write(&self, i: usize, value: T) {
+        assert!(i < self.len, "index {i} out of bounds for a slice of {}", self.len);
+        // SAFETY: in bounds, and by the contract no other thread touches index `i`.
+        unsafe { self.ptr.add(i).write(value) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +186,30 @@ mod tests {
         assert!(validate_offsets(&[0, 3, 2, 5], 5)
             .unwrap_err()
             .contains("group_sizes[1] is -1"));
+    }
+
+    #[test]
+    fn permutations_are_checked_and_inverted() {
+        let order = [2i64, 0, 3, 1];
+        assert!(check_permutation(&order).is_ok());
+        assert!(check_permutation(&[]).is_ok());
+        assert!(check_permutation(&[0, 4, 1, 2]).unwrap_err().contains("order[1] is 4"));
+        assert!(check_permutation(&[0, -1]).unwrap_err().contains("order[1] is -1"));
+        assert!(check_permutation(&[1, 0, 1])
+            .unwrap_err()
+            .contains("order[2] is 1, which appears twice"));
+        let (x, y) = ([10.0, 11.0, 12.0, 13.0], [0.0, 1.0, 2.0, 3.0]);
+        let (mut gx, mut gy) = gather_pair(&x, &y, &order);
+        assert_eq!((&gx, &gy), (&vec![12.0, 10.0, 13.0, 11.0], &vec![2.0, 0.0, 3.0, 1.0]));
+        let mut unwanted = Vec::new();
+        scatter_columns(&mut [&mut gx, &mut unwanted, &mut gy], &order);
+        assert_eq!((gx, gy), (x.to_vec(), y.to_vec()));
+        assert!(unwanted.is_empty());
+        let big: Vec<i64> = (0..100_000).map(|i| (i * 7919) % 100_000).collect();
+        assert!(check_permutation(&big).is_ok());
+        let values: Vec<f64> = (0..100_000).map(|i| i as f64 * 0.5).collect();
+        let (mut grouped, _) = gather_pair(&values, &values, &big);
+        scatter_columns(&mut [&mut grouped], &big);
+        assert_eq!(grouped, values);
     }
 }

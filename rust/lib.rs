@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod groups;
 pub mod kendall;
+pub mod keys;
 pub mod pool;
 pub mod real;
 pub mod scoring;
@@ -233,6 +234,212 @@ fn stable_group_order<'py>(
     Ok(order.map_err(PyValueError::new_err)?.into_pyarray(py))
 }
 
+/// Integer prompt keys, borrowed without copying.
+#[derive(FromPyObject)]
+enum IntKeyArray<'py> {
+    I64(PyReadonlyArray1<'py, i64>),
+    I32(PyReadonlyArray1<'py, i32>),
+    U64(PyReadonlyArray1<'py, u64>),
+    U32(PyReadonlyArray1<'py, u32>),
+}
+
+/// Arrow offsets of a string or binary chunk.
+#[derive(FromPyObject)]
+enum OffsetArray<'py> {
+    I32(PyReadonlyArray1<'py, i32>),
+    I64(PyReadonlyArray1<'py, i64>),
+}
+
+/// A grouping as numpy arrays: (order, sizes, first_rows, contiguous).
+type GroupingArrays<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    bool,
+);
+
+fn contiguous_slice<'a, T: numpy::Element>(array: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+    array
+        .as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))
+}
+
+/// Groups rows by key without the interpreter and returns the grouping as numpy arrays.
+fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
+    let grouping = run_detached(py, || keys::group_keys(&keys, hash_mask))?.map_err(PyValueError::new_err)?;
+    Ok((
+        grouping.order.into_pyarray(py),
+        grouping.sizes.into_pyarray(py),
+        grouping.first_rows.into_pyarray(py),
+        grouping.contiguous,
+    ))
+}
+
+/// Groups rows by integer key: (order, sizes, first_rows, contiguous).
+#[pyfunction]
+#[pyo3(signature = (keys, hash_mask = u64::MAX))]
+fn group_int_keys<'py>(py: Python<'py>, keys: IntKeyArray<'py>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
+    let keys = match &keys {
+        IntKeyArray::I64(a) => keys::Keys::I64(contiguous_slice(a, "keys")?),
+        IntKeyArray::I32(a) => keys::Keys::I32(contiguous_slice(a, "keys")?),
+        IntKeyArray::U64(a) => keys::Keys::U64(contiguous_slice(a, "keys")?),
+        IntKeyArray::U32(a) => keys::Keys::U32(contiguous_slice(a, "keys")?),
+    };
+    run_grouping(py, keys, hash_mask)
+}
+
+/// Groups rows by byte-string key given as Arrow chunks of (offsets, data): (order, sizes, first_rows, contiguous).
+#[pyfunction]
+#[pyo3(signature = (chunks, hash_mask = u64::MAX))]
+fn group_byte_keys<'py>(
+    py: Python<'py>,
+    chunks: Vec<(OffsetArray<'py>, PyReadonlyArray1<'py, u8>)>,
+    hash_mask: u64,
+) -> PyResult<GroupingArrays<'py>> {
+    let chunks = chunks
+        .iter()
+        .map(|(offsets, data)| {
+            let offsets = match offsets {
+                OffsetArray::I32(o) => keys::Offsets::I32(contiguous_slice(o, "offsets")?),
+                OffsetArray::I64(o) => keys::Offsets::I64(contiguous_slice(o, "offsets")?),
+            };
+            Ok(keys::ByteChunk {
+                offsets,
+                data: contiguous_slice(data, "data")?,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    run_grouping(py, keys::Keys::Bytes(chunks), hash_mask)
+}
+
+/// Groups rows by fixed-width byte key (numpy `S`/`U` data): (order, sizes, first_rows, contiguous).
+#[pyfunction]
+#[pyo3(signature = (data, width, strip_unit, hash_mask = u64::MAX))]
+fn group_fixed_keys<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'py, u8>,
+    width: usize,
+    strip_unit: usize,
+    hash_mask: u64,
+) -> PyResult<GroupingArrays<'py>> {
+    let data = contiguous_slice(&data, "data")?;
+    run_grouping(
+        py,
+        keys::Keys::Fixed {
+            data,
+            width,
+            strip_unit,
+        },
+        hash_mask,
+    )
+}
+
+/// Scores rows that `order` brings into contiguous groups of `offsets`; item outputs come back in row order.
+fn reorder_and_score<'py>(
+    py: Python<'py>,
+    (x, y): (&FloatArray<'py>, &FloatArray<'py>),
+    names: (&str, &str),
+    order: &PyReadonlyArray1<'py, i64>,
+    offsets: &PyReadonlyArray1<'py, i64>,
+    wanted: Wanted,
+) -> PyResult<scoring::Scores> {
+    let pair = same_typed(x.as_slice(names.0)?, y.as_slice(names.1)?, names)?;
+    let order = contiguous_slice(order, "order")?;
+    let offsets = contiguous_slice(offsets, "offsets")?;
+    if order.len() != pair.len() {
+        return Err(PyValueError::new_err(format!(
+            "the row order has {} rows but there are {} items",
+            order.len(),
+            pair.len()
+        )));
+    }
+    groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
+    let scores = run_detached(py, || {
+        groups::check_permutation(order)?;
+        let mut s = match pair {
+            Pair::F64(a, b) => {
+                let (a, b) = groups::gather_pair(a, b, order);
+                scoring::score(&a, &b, offsets, wanted)
+            }
+            Pair::F32(a, b) => {
+                let (a, b) = groups::gather_pair(a, b, order);
+                scoring::score(&a, &b, offsets, wanted)
+            }
+        };
+        groups::scatter_columns(&mut [&mut s.z_logprob, &mut s.z_reward, &mut s.pacs], order);
+        Ok::<_, String>(s)
+    })?;
+    scores.map_err(PyValueError::new_err)
+}
+
+/// Signed PACS of every item, rows grouped by `order`; in row order.
+#[pyfunction]
+fn pacs_reordered<'py>(
+    py: Python<'py>,
+    logprobs: FloatArray<'py>,
+    rewards: FloatArray<'py>,
+    order: PyReadonlyArray1<'py, i64>,
+    offsets: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let s = reorder_and_score(
+        py,
+        (&logprobs, &rewards),
+        ("logprobs", "rewards"),
+        &order,
+        &offsets,
+        Wanted::PACS,
+    )?;
+    Ok(s.pacs.into_pyarray(py))
+}
+
+/// Every conflict measure of rows grouped by `order`: item outputs in row order, group outputs in group order.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn score_reordered<'py>(
+    py: Python<'py>,
+    logprobs: FloatArray<'py>,
+    rewards: FloatArray<'py>,
+    order: PyReadonlyArray1<'py, i64>,
+    offsets: PyReadonlyArray1<'py, i64>,
+) -> PyResult<(
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<bool>>,
+)> {
+    let s = reorder_and_score(
+        py,
+        (&logprobs, &rewards),
+        ("logprobs", "rewards"),
+        &order,
+        &offsets,
+        Wanted::ALL,
+    )?;
+    Ok((
+        s.z_logprob.into_pyarray(py),
+        s.z_reward.into_pyarray(py),
+        s.pacs.into_pyarray(py),
+        s.group_conflict.into_pyarray(py),
+        s.kendall_tau.into_pyarray(py),
+        s.degenerate.into_pyarray(py),
+    ))
+}
+
+/// tau-b of each group of rows grouped by `order`.
+#[pyfunction]
+fn kendall_tau_reordered<'py>(
+    py: Python<'py>,
+    x: FloatArray<'py>,
+    y: FloatArray<'py>,
+    order: PyReadonlyArray1<'py, i64>,
+    offsets: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let s = reorder_and_score(py, (&x, &y), ("x", "y"), &order, &offsets, Wanted::KENDALL)?;
+    Ok(s.kendall_tau.into_pyarray(py))
+}
+
 /// Worker threads of the engine's pool (`SHFCAS_NUM_THREADS`, default all cores).
 #[pyfunction]
 fn num_threads(py: Python<'_>) -> PyResult<usize> {
@@ -263,6 +470,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kendall_tau, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(stable_group_order, m)?)?;
+    m.add_function(wrap_pyfunction!(group_int_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(group_byte_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(group_fixed_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(pacs_reordered, m)?)?;
+    m.add_function(wrap_pyfunction!(score_reordered, m)?)?;
+    m.add_function(wrap_pyfunction!(kendall_tau_reordered, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     Ok(())

@@ -174,34 +174,39 @@ class TestSelect:
         return impl.score(logprobs, rewards, np.concatenate([sizes, np.full(500, 8)]))
 
     @staticmethod
-    def expected_ranking(values: np.ndarray, degenerate: np.ndarray, threshold: float) -> np.ndarray:
-        masked = np.where(~degenerate & (values > threshold), values, np.nan)
+    def eligible(scores) -> np.ndarray:
+        """Prompts pacs/kendall selection may choose: not degenerate, at least 3 completions."""
+        return ~scores.degenerate & (scores.group_sizes >= 3)
+
+    @classmethod
+    def expected_ranking(cls, values: np.ndarray, scores, threshold: float) -> np.ndarray:
+        masked = np.where(cls.eligible(scores) & (values > threshold), values, np.nan)
         return reference.top_k(masked, len(masked))
 
     def test_default_is_the_papers_threshold_of_one(self, impl, scores):
         chosen = impl.select(scores)
-        np.testing.assert_array_equal(chosen, self.expected_ranking(scores.group_conflict, scores.degenerate, 1.0))
+        np.testing.assert_array_equal(chosen, self.expected_ranking(scores.group_conflict, scores, 1.0))
         assert 0 < len(chosen) < scores.num_groups
 
     def test_budget_takes_the_highest_conflict(self, impl, scores):
-        ranking = self.expected_ranking(scores.group_conflict, scores.degenerate, -np.inf)
+        ranking = self.expected_ranking(scores.group_conflict, scores, -np.inf)
         np.testing.assert_array_equal(impl.select(scores, budget=25), ranking[:25])
         np.testing.assert_array_equal(impl.select(scores, budget=10**6), ranking)
         assert impl.select(scores, budget=0).shape == (0,)
 
     def test_budget_and_threshold_together(self, impl, scores):
-        ranking = self.expected_ranking(scores.group_conflict, scores.degenerate, 1.5)
+        ranking = self.expected_ranking(scores.group_conflict, scores, 1.5)
         np.testing.assert_array_equal(impl.select(scores, budget=len(ranking) + 5, threshold=1.5), ranking)
         np.testing.assert_array_equal(impl.select(scores, budget=3, threshold=1.5), ranking[:3])
 
     def test_kendall_strategy_uses_the_distance(self, impl, scores):
         np.testing.assert_array_equal(
             impl.select(scores, strategy="kendall"),
-            self.expected_ranking(scores.kendall_distance, scores.degenerate, 0.5),
+            self.expected_ranking(scores.kendall_distance, scores, 0.5),
         )
         np.testing.assert_array_equal(
             impl.select(scores, strategy="kendall", budget=7),
-            self.expected_ranking(scores.kendall_distance, scores.degenerate, -np.inf)[:7],
+            self.expected_ranking(scores.kendall_distance, scores, -np.inf)[:7],
         )
 
     def test_random_is_uniform_over_eligible_groups_and_seeded(self, impl, scores):
@@ -216,7 +221,8 @@ class TestSelect:
     @pytest.mark.parametrize("strategy", ["pacs", "kendall", "random"])
     def test_degenerate_groups_are_never_chosen(self, impl, scores, strategy):
         chosen = impl.select(scores, budget=scores.num_groups, strategy=strategy)
-        assert len(chosen) == np.count_nonzero(~scores.degenerate)
+        eligible = ~scores.degenerate if strategy == "random" else self.eligible(scores)
+        assert len(chosen) == np.count_nonzero(eligible)
         assert not scores.degenerate[chosen].any()
 
     def test_random_without_budget_is_refused(self, impl, scores):

@@ -18,9 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import _core
-from .errors import ShfcasError, ShfcasTypeError, ShfcasValueError
+from .errors import ShfcasError, ShfcasSelectionWarning, ShfcasTypeError, ShfcasValueError
+from .grouping import KeyGroups, group_keys
 from .scoring import (
     ConflictScores,
+    KeyedConflictScores,
     kendall_distance,
     kendall_tau,
     pacs,
@@ -36,9 +38,13 @@ _LOGPROBS_API = ("policy_logprobs", "score_logits", "sequence_logprobs", "sequen
 
 __all__ = [
     "ConflictScores",
+    "KeyGroups",
+    "KeyedConflictScores",
     "ShfcasError",
+    "ShfcasSelectionWarning",
     "ShfcasTypeError",
     "ShfcasValueError",
+    "group_keys",
     "kendall_distance",
     "kendall_tau",
     "pacs",

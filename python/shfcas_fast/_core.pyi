@@ -18,6 +18,12 @@ __all__ = [
     "kendall_tau",
     "top_k",
     "stable_group_order",
+    "group_int_keys",
+    "group_byte_keys",
+    "group_fixed_keys",
+    "pacs_reordered",
+    "score_reordered",
+    "kendall_tau_reordered",
     "num_threads",
     "build_info",
 ]
@@ -48,5 +54,35 @@ def kendall_tau_grouped(
 def kendall_tau(x: _FloatArray, y: _FloatArray) -> float: ...
 def top_k(scores: _FloatArray, k: int) -> npt.NDArray[np.int64]: ...
 def stable_group_order(ids: npt.NDArray[np.int32], num_groups: int) -> npt.NDArray[np.int64]: ...
+
+_IntArray = npt.NDArray[np.int64]
+#: (order [n], sizes [g], first_rows [g], contiguous): see ``shfcas_fast.KeyGroups``.
+_Grouping = tuple[_IntArray, _IntArray, _IntArray, bool]
+
+def group_int_keys(
+    keys: npt.NDArray[np.int64] | npt.NDArray[np.int32] | npt.NDArray[np.uint64] | npt.NDArray[np.uint32],
+    hash_mask: int = ...,
+) -> _Grouping: ...
+def group_byte_keys(
+    chunks: list[tuple[npt.NDArray[np.int32] | npt.NDArray[np.int64], npt.NDArray[np.uint8]]],
+    hash_mask: int = ...,
+) -> _Grouping: ...
+def group_fixed_keys(data: npt.NDArray[np.uint8], width: int, strip_unit: int, hash_mask: int = ...) -> _Grouping: ...
+def pacs_reordered(
+    logprobs: _FloatArray, rewards: _FloatArray, order: _IntArray, offsets: _IntArray
+) -> npt.NDArray[np.float64]: ...
+def score_reordered(
+    logprobs: _FloatArray, rewards: _FloatArray, order: _IntArray, offsets: _IntArray
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.bool_],
+]: ...
+def kendall_tau_reordered(
+    x: _FloatArray, y: _FloatArray, order: _IntArray, offsets: _IntArray
+) -> npt.NDArray[np.float64]: ...
 def num_threads() -> int: ...
 def build_info() -> dict[str, Any]: ...

@@ -153,6 +153,7 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any) -> ConflictScores:
         kendall_tau=tau,
         kendall_distance=(1.0 - tau) / 2.0,
         degenerate=conflict.degenerate.numpy(),
+        group_sizes=np.diff(offsets),
     )
 
 

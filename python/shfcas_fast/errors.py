@@ -20,7 +20,7 @@ ShfcasValueError True
 
 from __future__ import annotations
 
-__all__ = ["ShfcasError", "ShfcasTypeError", "ShfcasValueError"]
+__all__ = ["ShfcasError", "ShfcasSelectionWarning", "ShfcasTypeError", "ShfcasValueError"]
 
 
 class ShfcasError(Exception):
@@ -33,3 +33,9 @@ class ShfcasValueError(ShfcasError, ValueError):
 
 class ShfcasTypeError(ShfcasError, TypeError):
     """An argument or column has a type the package cannot use."""
+
+
+class ShfcasSelectionWarning(UserWarning):
+    """A selection ran but deserves a look: its threshold selected more than half of the prompts (it
+    barely tells conflicted prompts apart), or the scores carry no prompt sizes, so small prompts
+    could not be left out."""

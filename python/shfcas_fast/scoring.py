@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Literal
 
 import numpy as np
 
 from . import _core
-from .errors import ShfcasTypeError, ShfcasValueError
+from .errors import ShfcasSelectionWarning, ShfcasTypeError, ShfcasValueError
+from .grouping import KeyGroups, _group
 from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
 
 __all__ = [
     "ConflictScores",
+    "KeyedConflictScores",
     "PromptScores",
     "pacs",
     "kendall_tau",
@@ -27,12 +30,15 @@ __all__ = [
     "select",
     "DEFAULT_PACS_THRESHOLD",
     "DEFAULT_KENDALL_THRESHOLD",
+    "DEFAULT_MIN_GROUP_SIZE",
 ]
 
 #: The paper's selection rule: a prompt is high-conflict when mean |PACS| > 1.0.
 DEFAULT_PACS_THRESHOLD = 1.0
 #: Ours: a Kendall distance above 0.5 means more discordant than concordant pairs (tau_b < 0).
 DEFAULT_KENDALL_THRESHOLD = 0.5
+#: pacs/kendall selection never chooses a prompt with fewer completions (see :func:`select`).
+DEFAULT_MIN_GROUP_SIZE = 3
 
 Strategy = Literal["pacs", "kendall", "random"]
 
@@ -43,13 +49,16 @@ class PromptScores:
 
     ``group_conflict`` (mean |PACS|), ``kendall_tau`` (tau-b, NaN where scipy gives NaN),
     ``kendall_distance`` ((1 - tau_b) / 2) and ``degenerate`` (fewer than two completions, or a
-    log-prob or reward standard deviation below 1e-6), each of length ``g``.
+    log-prob or reward standard deviation below 1e-6), each of length ``g``; ``group_sizes``
+    (int64 ``[g]``, completions per prompt; ``None`` where the maker did not know them), which lets
+    :func:`select` leave out prompts too small to measure conflict.
     """
 
     group_conflict: np.ndarray
     kendall_tau: np.ndarray
     kendall_distance: np.ndarray
     degenerate: np.ndarray
+    group_sizes: np.ndarray | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def num_groups(self) -> int:
@@ -73,8 +82,50 @@ class ConflictScores(PromptScores):
     def num_items(self) -> int:
         return int(self.pacs.shape[0])
 
+    @property
+    def prompt_index(self) -> np.ndarray:
+        """int64 ``[n]``: the prompt of each completion (computed from ``group_sizes``)."""
+        if self.group_sizes is None:
+            raise ShfcasValueError("these scores carry no group_sizes, so their completions cannot be mapped to prompts")
+        return np.repeat(np.arange(self.num_groups, dtype=np.int64), self.group_sizes)
 
-def pacs(logprobs: Any, rewards: Any, group_sizes: Any) -> np.ndarray:
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KeyedConflictScores(ConflictScores):
+    """Conflict scores of completions grouped by prompt key (``score(..., groups=keys)``).
+
+    Per-completion fields are in the input row order; per-prompt fields in order of the keys' first
+    appearance. ``groups`` is the :class:`~shfcas_fast.KeyGroups` that maps rows to prompts.
+    """
+
+    groups: KeyGroups
+
+    @property
+    def prompt_index(self) -> np.ndarray:
+        """int64 ``[n]``: the prompt of each completion, ``groups.index``."""
+        return self.groups.index
+
+
+def _grouping(group_sizes: Any, groups: Any, n: int) -> tuple[np.ndarray, KeyGroups | None]:
+    """The group offsets of ``n`` items and, for keyed groups, their :class:`KeyGroups`."""
+    if group_sizes is not None and groups is not None:
+        raise ShfcasValueError(
+            "pass either group_sizes= (the rows of each prompt are contiguous) or groups= "
+            "(one prompt key per row), not both"
+        )
+    if groups is None:
+        if group_sizes is None:
+            raise ShfcasValueError(
+                "pass group_sizes= (sizes of contiguous prompts, or one int) or groups= (one prompt key per row)"
+            )
+        return group_offsets(group_sizes, n), None
+    key_groups = groups if isinstance(groups, KeyGroups) else _group(groups, "groups")
+    if key_groups.num_rows != n:
+        raise ShfcasValueError(f"groups has {key_groups.num_rows} keys but there are {n} items")
+    return key_groups.offsets, key_groups
+
+
+def pacs(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any = None) -> np.ndarray:
     """Signed Proxy-Policy Alignment Conflict Score of every completion.
 
     Example:
@@ -82,6 +133,8 @@ def pacs(logprobs: Any, rewards: Any, group_sizes: Any) -> np.ndarray:
     >>> import numpy as np, shfcas_fast
     >>> shfcas_fast.pacs(np.array([-3.0, -1.0]), np.array([1.0, 0.0]), 2)  # 1e-8 added to each std
     array([ 1.99999997, -1.99999997])
+    >>> shfcas_fast.pacs(np.array([-3.0, 5.0, -1.0]), np.array([1.0, 2.0, 0.0]), groups=["a", "b", "a"])
+    array([ 1.99999997,  0.        , -1.99999997])
 
     ```
 
@@ -90,16 +143,20 @@ def pacs(logprobs: Any, rewards: Any, group_sizes: Any) -> np.ndarray:
         rewards: proxy rewards ``r`` (higher is better), shape ``[n]``.
         group_sizes: completions per prompt, an int or ``g`` sizes summing to ``n``; the
             completions of one prompt are contiguous.
+        groups: instead of ``group_sizes``, the prompt key of each completion, rows in any order
+            (anything :func:`~shfcas_fast.group_keys` takes, or its :class:`~shfcas_fast.KeyGroups`).
 
     Returns:
-        float64 ``[n]``: ``z_r - z_l`` per prompt, 0 in degenerate prompts.
+        float64 ``[n]`` in row order: ``z_r - z_l`` per prompt, 0 in degenerate prompts.
     """
     lp, rw = as_float_pair(logprobs, rewards, "logprobs", "rewards")
-    offsets = group_offsets(group_sizes, lp.shape[0])
-    return _core.pacs(lp, rw, offsets)
+    offsets, key_groups = _grouping(group_sizes, groups, lp.shape[0])
+    if key_groups is None or key_groups.contiguous:
+        return _core.pacs(lp, rw, offsets)
+    return _core.pacs_reordered(lp, rw, key_groups.order, offsets)
 
 
-def kendall_tau(x: Any, y: Any, group_sizes: Any = None) -> Any:
+def kendall_tau(x: Any, y: Any, group_sizes: Any = None, *, groups: Any = None) -> Any:
     """Kendall's tau-b, exactly as ``scipy.stats.kendalltau`` (ties corrected).
 
     Example:
@@ -110,19 +167,23 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None) -> Any:
 
     ```
 
-    Without ``group_sizes``: one float over all ``n`` items in O(n log n), NaN when either vector is
-    constant or shorter than 2. With ``group_sizes``: float64 ``[g]``, one tau-b per group.
+    Without ``group_sizes`` or ``groups``: one float over all ``n`` items in O(n log n), NaN when
+    either vector is constant or shorter than 2. With ``group_sizes`` (contiguous groups) or
+    ``groups`` (a key per item, items in any order; see :func:`~shfcas_fast.group_keys`): float64
+    ``[g]``, one tau-b per group, keyed groups in order of first appearance.
     """
     xa, ya = as_float_pair(x, y, "x", "y")
-    if group_sizes is None:
+    if group_sizes is None and groups is None:
         return float(_core.kendall_tau(xa, ya))
-    offsets = group_offsets(group_sizes, xa.shape[0])
-    return _core.kendall_tau_grouped(xa, ya, offsets)
+    offsets, key_groups = _grouping(group_sizes, groups, xa.shape[0])
+    if key_groups is None or key_groups.contiguous:
+        return _core.kendall_tau_grouped(xa, ya, offsets)
+    return _core.kendall_tau_reordered(xa, ya, key_groups.order, offsets)
 
 
-def kendall_distance(x: Any, y: Any, group_sizes: Any = None) -> Any:
-    """Kendall distance ``(1 - tau_b) / 2`` in [0, 1]; same shapes as :func:`kendall_tau`."""
-    return (1.0 - kendall_tau(x, y, group_sizes)) / 2.0
+def kendall_distance(x: Any, y: Any, group_sizes: Any = None, *, groups: Any = None) -> Any:
+    """Kendall distance ``(1 - tau_b) / 2`` in [0, 1]; same arguments and shapes as :func:`kendall_tau`."""
+    return (1.0 - kendall_tau(x, y, group_sizes, groups=groups)) / 2.0
 
 
 def top_k(scores: Any, k: int) -> np.ndarray:
@@ -143,7 +204,7 @@ def top_k(scores: Any, k: int) -> np.ndarray:
     return _core.top_k(values, k)
 
 
-def score(logprobs: Any, rewards: Any, group_sizes: Any) -> ConflictScores:
+def score(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any = None) -> ConflictScores:
     """Every SHF-CAS conflict measure of grouped completions, in one parallel pass.
 
     Example:
@@ -153,18 +214,33 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any) -> ConflictScores:
     >>> scores = shfcas_fast.score(rng.normal(size=80), rng.normal(size=80), 8)
     >>> scores.group_conflict.shape, scores.pacs.shape
     ((10,), (80,))
+    >>> prompts = np.array(["p2", "p1", "p2", "p3", "p1", "p3"])  # rows of a prompt apart
+    >>> keyed = shfcas_fast.score(rng.normal(size=6), rng.normal(size=6), groups=prompts)
+    >>> keyed.group_sizes.tolist(), prompts[keyed.groups.first_rows].tolist(), keyed.prompt_index.tolist()
+    ([2, 2, 2], ['p2', 'p1', 'p3'], [0, 1, 0, 2, 1, 2])
 
     ```
 
     Args:
         logprobs: sequence log-probabilities under the policy, ``[n]``.
         rewards: proxy rewards, higher is better (negate a cost model first), ``[n]``.
-        group_sizes: completions per prompt (an int, or ``g`` sizes summing to ``n``).
+        group_sizes: completions per prompt (an int, or ``g`` sizes summing to ``n``), the
+            completions of each prompt contiguous: the fast path.
+        groups: instead of ``group_sizes``, the prompt key of each completion, rows in any order
+            (anything :func:`~shfcas_fast.group_keys` takes, or its :class:`~shfcas_fast.KeyGroups`).
+
+    Returns:
+        A :class:`ConflictScores`; with ``groups``, a :class:`KeyedConflictScores` whose per-completion
+        fields are in row order, per-prompt fields in order of first appearance, and ``groups`` maps
+        rows to prompts.
     """
     lp, rw = as_float_pair(logprobs, rewards, "logprobs", "rewards")
-    offsets = group_offsets(group_sizes, lp.shape[0])
-    z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score(lp, rw, offsets)
-    return ConflictScores(
+    offsets, key_groups = _grouping(group_sizes, groups, lp.shape[0])
+    if key_groups is None or key_groups.contiguous:
+        z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score(lp, rw, offsets)
+    else:
+        z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score_reordered(lp, rw, key_groups.order, offsets)
+    fields = dict(
         pacs=pacs_values,
         z_logprob=z_l,
         z_reward=z_r,
@@ -173,6 +249,9 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any) -> ConflictScores:
         kendall_distance=(1.0 - tau) / 2.0,
         degenerate=degenerate,
     )
+    if key_groups is None:
+        return ConflictScores(**fields, group_sizes=np.diff(offsets))
+    return KeyedConflictScores(**fields, group_sizes=key_groups.sizes, groups=key_groups)
 
 
 def select(
@@ -182,6 +261,7 @@ def select(
     threshold: float | None = None,
     strategy: Strategy = "pacs",
     seed: int = 0,
+    min_group_size: int | None = None,
 ) -> np.ndarray:
     """Indices of the prompts (groups) to send for feedback.
 
@@ -202,7 +282,27 @@ def select(
         - ``"random"``: ``budget`` non-degenerate groups drawn uniformly from ``seed`` (the paper's
           baseline), in increasing index order.
 
-    Degenerate groups are never chosen.
+    Degenerate groups are never chosen, nor groups of fewer than ``min_group_size`` completions
+    (default 3 for ``"pacs"`` and ``"kendall"``, no limit for ``"random"``). Small prompts would
+    otherwise win on chance alone: with two completions the population z-scores are +-1, so
+    ``|PACS|`` is 0 or 2 for both and mean ``|PACS|`` is 0 or 2, and tau-b is +-1 (Kendall distance
+    0 or 1). A prompt of two whose completions disagree once scores as "maximally conflicted", above
+    any threshold below the maximum; when log-prob and reward are unrelated that is half of all such
+    prompts. From three completions on, the scores take graded values (tau-b in {-1, -1/3, 1/3, 1}
+    at three, with the extreme -1 only 1 time in 6 by chance).
+
+    When the threshold rule selects more than half of the prompts, a
+    :class:`~shfcas_fast.errors.ShfcasSelectionWarning` says so: at that point the threshold hardly
+    separates conflicted prompts from the rest.
+
+    Args:
+        scores: a :class:`ConflictScores` from :func:`score` (or :class:`PromptScores`).
+        budget: at most this many prompts.
+        threshold: only prompts scoring above this.
+        strategy: ``"pacs"``, ``"kendall"`` or ``"random"``.
+        seed: the random strategy's seed.
+        min_group_size: prompts with fewer completions are never chosen; 0 or 1 for no limit. Needs
+            ``scores.group_sizes``.
     """
     if not isinstance(scores, PromptScores):
         raise ShfcasTypeError(f"scores must be a ConflictScores from shfcas_fast.score, got {type(scores).__name__}")
@@ -213,7 +313,9 @@ def select(
             raise ShfcasTypeError(f"threshold must be a number, got {type(threshold).__name__}")
         if not math.isfinite(threshold):
             raise ShfcasValueError(f"threshold must be finite, got {threshold!r}")
-    eligible = ~np.asarray(scores.degenerate, dtype=bool)
+    if strategy not in ("pacs", "kendall", "random"):
+        raise ShfcasValueError(f'strategy must be "pacs", "kendall" or "random", got {strategy!r}')
+    eligible = ~np.asarray(scores.degenerate, dtype=bool) & _large_enough(scores, strategy, min_group_size)
 
     if strategy == "random":
         if budget is None:
@@ -227,10 +329,8 @@ def select(
 
     if strategy == "pacs":
         values, default = scores.group_conflict, DEFAULT_PACS_THRESHOLD
-    elif strategy == "kendall":
-        values, default = scores.kendall_distance, DEFAULT_KENDALL_THRESHOLD
     else:
-        raise ShfcasValueError(f'strategy must be "pacs", "kendall" or "random", got {strategy!r}')
+        values, default = scores.kendall_distance, DEFAULT_KENDALL_THRESHOLD
     if threshold is None and budget is None:
         threshold = default
     # NaN marks what may not be chosen; top_k never returns NaN.
@@ -238,4 +338,39 @@ def select(
     if threshold is not None:
         masked = np.where(masked > threshold, masked, np.nan)
     k = budget if budget is not None else int(np.count_nonzero(~np.isnan(masked)))
-    return top_k(masked, k)
+    chosen = top_k(masked, k)
+    if threshold is not None and 2 * chosen.shape[0] > scores.num_groups:
+        warnings.warn(
+            f"the {strategy} threshold {threshold:g} selected {chosen.shape[0]:,} of {scores.num_groups:,} prompts "
+            f"(more than half), so it hardly tells conflicted prompts apart; raise the threshold or give a budget",
+            ShfcasSelectionWarning,
+            stacklevel=2,
+        )
+    return chosen
+
+
+def _large_enough(scores: PromptScores, strategy: Strategy, min_group_size: int | None) -> np.ndarray | bool:
+    """Which prompts have at least ``min_group_size`` completions (its default for ``strategy``)."""
+    explicit = min_group_size is not None
+    if min_group_size is None:
+        min_group_size = 1 if strategy == "random" else DEFAULT_MIN_GROUP_SIZE
+    min_group_size = as_count(min_group_size, "min_group_size")
+    if min_group_size <= 1:
+        return True
+    if scores.group_sizes is None:
+        if explicit:
+            raise ShfcasValueError(
+                "min_group_size needs the prompt sizes, and these scores carry no group_sizes; "
+                "score with shfcas_fast.score, or pass group_sizes when building the scores"
+            )
+        warnings.warn(
+            f"these scores carry no group_sizes, so prompts of fewer than {min_group_size} completions "
+            "were not left out; score with shfcas_fast.score, or pass group_sizes when building the scores",
+            ShfcasSelectionWarning,
+            stacklevel=3,
+        )
+        return True
+    sizes = np.asarray(scores.group_sizes)
+    if sizes.shape != (scores.num_groups,):
+        raise ShfcasValueError(f"scores.group_sizes has shape {sizes.shape}, want ({scores.num_groups},)")
+    return sizes >= min_group_size

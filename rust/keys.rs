@@ -1,0 +1,822 @@
+//! Grouping rows by prompt key: a 64-bit hash per row, checked by exact comparison.
+//!
+//! Keys stay where the caller keeps them (Arrow offsets and data buffers, a numpy array); the engine
+//! holds only per-row integers, so grouping `n` rows needs about 24 bytes per row at its peak and
+//! returns 8 (the row order):
+//!
+//! 1. hash every row in parallel (integers by a bijective mix of their value, bytes by [`hash_bytes`]);
+//! 2. radix-partition `(hash, row)` by the hash's top bits, stably, so each partition lists its rows
+//!    in increasing order and every hash lives in exactly one partition;
+//! 3. number each partition's distinct hashes with a small open-addressing table that fits in cache;
+//! 4. renumber them by first appearance (the rank of each one's first row) and write the stable row
+//!    order that makes every prompt's rows contiguous;
+//! 5. check every row's key against its prompt's first key. Integer keys skip this (their hash is a
+//!    bijection, so equal hashes mean equal keys). If two distinct keys share a hash, steps 3-4 run
+//!    again with the table comparing keys wherever hashes are equal, which separates them exactly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use crate::groups::DisjointWriter;
+
+/// Rows per parallel task when hashing and partitioning.
+const ROW_CHUNK: usize = 1 << 16;
+/// Rows per partition aimed at: one partition's table and first rows stay in a core's cache.
+const PARTITION_ROWS: usize = 1 << 14;
+/// At most this many partitions (the partitioning writes to one stream per partition).
+const MAX_PARTITION_BITS: u32 = 10;
+
+/// The prompt keys of `n` rows, borrowed from the caller.
+pub enum Keys<'a> {
+    I64(&'a [i64]),
+    I32(&'a [i32]),
+    U64(&'a [u64]),
+    U32(&'a [u32]),
+    /// Variable-length byte strings (Arrow string/binary columns), one entry per chunk.
+    Bytes(Vec<ByteChunk<'a>>),
+    /// Fixed-width byte strings of `width` bytes each; when `strip_unit` > 0, trailing all-zero units
+    /// of that many bytes are not part of the key (numpy `S` pads with 1-byte and `U` with 4-byte zeros).
+    Fixed {
+        data: &'a [u8],
+        width: usize,
+        strip_unit: usize,
+    },
+}
+
+/// One Arrow chunk of byte strings: row `i` is `data[offsets[i]..offsets[i + 1]]`.
+pub struct ByteChunk<'a> {
+    pub offsets: Offsets<'a>,
+    pub data: &'a [u8],
+}
+
+/// Arrow offsets: 32-bit (string, binary) or 64-bit (large_string, large_binary).
+pub enum Offsets<'a> {
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+}
+
+impl Offsets<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Offsets::I32(o) => o.len(),
+            Offsets::I64(o) => o.len(),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> i64 {
+        match self {
+            Offsets::I32(o) => i64::from(o[i]),
+            Offsets::I64(o) => o[i],
+        }
+    }
+}
+
+impl ByteChunk<'_> {
+    fn rows(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// Checks that the offsets start at or after 0, never decrease and stay inside `data`.
+    fn validate(&self, chunk: usize) -> Result<(), String> {
+        if self.offsets.len() == 0 {
+            return Err(format!("key chunk {chunk} has no offsets (want rows + 1)"));
+        }
+        let first = self.offsets.get(0);
+        let last = self.offsets.get(self.offsets.len() - 1);
+        if first < 0 || last < first || last as u64 > self.data.len() as u64 {
+            return Err(format!(
+                "key chunk {chunk}: offsets run from {first} to {last} outside its {} data bytes",
+                self.data.len()
+            ));
+        }
+        let decreasing = match &self.offsets {
+            Offsets::I32(o) => o.windows(2).any(|w| w[1] < w[0]),
+            Offsets::I64(o) => o.windows(2).any(|w| w[1] < w[0]),
+        };
+        if decreasing {
+            return Err(format!("key chunk {chunk}: offsets decrease"));
+        }
+        Ok(())
+    }
+
+    /// The key of local row `i` (offsets validated).
+    #[inline(always)]
+    fn key(&self, i: usize) -> &[u8] {
+        &self.data[self.offsets.get(i) as usize..self.offsets.get(i + 1) as usize]
+    }
+}
+
+/// A bijective mix of a 64-bit integer (the SplitMix64 finalizer): distinct keys, distinct hashes.
+#[inline(always)]
+pub fn hash_u64(value: u64) -> u64 {
+    let mut x = value;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+const K0: u64 = 0x9E37_79B9_7F4A_7C15;
+const K1: u64 = 0xA076_1D64_78BD_642F;
+const K2: u64 = 0xE703_7ED1_A0B4_28DB;
+
+/// Multiplies to 128 bits and folds the halves: one well-mixed step.
+#[inline(always)]
+fn fold_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// Reads up to 8 bytes little-endian, zero-padded.
+#[inline(always)]
+fn read_tail(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(word)
+}
+
+/// A fast 64-bit hash of a byte string (16 bytes per multiply, the length mixed in).
+#[inline]
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h = K0 ^ (bytes.len() as u64).wrapping_mul(K1);
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        let a = u64::from_le_bytes(block[..8].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(block[8..].try_into().unwrap_or_default());
+        h = fold_multiply(a ^ K1 ^ h, b ^ K2);
+    }
+    let rest = blocks.remainder();
+    let (a, b) = if rest.len() > 8 {
+        (read_tail(&rest[..8]), read_tail(&rest[8..]))
+    } else {
+        (read_tail(rest), 0)
+    };
+    hash_u64(fold_multiply(a ^ K1 ^ h, b ^ K2 ^ K0))
+}
+
+/// A key column as the grouping sees it: hashes of row ranges and the key of a row, to compare.
+trait KeyColumn: Sync {
+    /// A row's key, borrowed: equal keys compare equal.
+    type Key<'k>: PartialEq + Send + Sync
+    where
+        Self: 'k;
+    fn len(&self) -> usize;
+    /// Writes the hashes of rows `start..start + out.len()`.
+    fn hash_rows(&self, start: usize, out: &mut [u64]);
+    fn key(&self, row: usize) -> Self::Key<'_>;
+    /// Whether equal (unmasked) hashes always mean equal keys.
+    const HASH_IS_INJECTIVE: bool;
+}
+
+/// An integer type whose value, widened to 64 bits, is the key.
+pub trait IntKey: Copy + PartialEq + Send + Sync {
+    fn bits(self) -> u64;
+}
+
+macro_rules! int_key {
+    ($($t:ty => $wide:ty),*) => {$(
+        impl IntKey for $t {
+            #[inline(always)]
+            fn bits(self) -> u64 {
+                <$wide>::from(self) as u64
+            }
+        }
+    )*};
+}
+int_key!(i64 => i64, i32 => i64, u64 => u64, u32 => u64);
+
+struct IntColumn<'a, T>(&'a [T]);
+
+impl<T: IntKey> KeyColumn for IntColumn<'_, T> {
+    type Key<'k>
+        = u64
+    where
+        Self: 'k;
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn hash_rows(&self, start: usize, out: &mut [u64]) {
+        for (h, &value) in out.iter_mut().zip(&self.0[start..]) {
+            *h = hash_u64(value.bits());
+        }
+    }
+
+    fn key(&self, row: usize) -> u64 {
+        self.0[row].bits()
+    }
+
+    const HASH_IS_INJECTIVE: bool = true;
+}
+
+/// Chunks of byte strings, addressed by global row.
+struct BytesColumn<'a, 'k> {
+    chunks: &'k [ByteChunk<'a>],
+    /// `starts[c]` is the first global row of chunk `c`; one more entry holds the row count.
+    starts: Vec<usize>,
+}
+
+impl BytesColumn<'_, '_> {
+    #[inline]
+    fn key_bytes(&self, row: usize) -> &[u8] {
+        let chunk = if self.chunks.len() == 1 {
+            0
+        } else {
+            self.starts.partition_point(|&s| s <= row) - 1
+        };
+        self.chunks[chunk].key(row - self.starts[chunk])
+    }
+}
+
+impl KeyColumn for BytesColumn<'_, '_> {
+    type Key<'k>
+        = &'k [u8]
+    where
+        Self: 'k;
+
+    fn len(&self) -> usize {
+        self.starts[self.chunks.len()]
+    }
+
+    fn hash_rows(&self, start: usize, out: &mut [u64]) {
+        let mut chunk = self.starts.partition_point(|&s| s <= start) - 1;
+        let mut local = start - self.starts[chunk];
+        for h in out.iter_mut() {
+            while local >= self.chunks[chunk].rows() {
+                chunk += 1;
+                local = 0;
+            }
+            *h = hash_bytes(self.chunks[chunk].key(local));
+            local += 1;
+        }
+    }
+
+    fn key(&self, row: usize) -> &[u8] {
+        self.key_bytes(row)
+    }
+
+    const HASH_IS_INJECTIVE: bool = false;
+}
+
+/// Fixed-width byte strings, trailing zero units stripped.
+struct FixedColumn<'a> {
+    data: &'a [u8],
+    width: usize,
+    strip_unit: usize,
+}
+
+impl FixedColumn<'_> {
+    #[inline]
+    fn key_bytes(&self, row: usize) -> &[u8] {
+        let mut key = &self.data[row * self.width..(row + 1) * self.width];
+        if self.strip_unit > 0 {
+            while key.len() >= self.strip_unit && key[key.len() - self.strip_unit..].iter().all(|&b| b == 0) {
+                key = &key[..key.len() - self.strip_unit];
+            }
+        }
+        key
+    }
+}
+
+impl KeyColumn for FixedColumn<'_> {
+    type Key<'k>
+        = &'k [u8]
+    where
+        Self: 'k;
+
+    fn len(&self) -> usize {
+        self.data.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    fn hash_rows(&self, start: usize, out: &mut [u64]) {
+        for (i, h) in out.iter_mut().enumerate() {
+            *h = hash_bytes(self.key_bytes(start + i));
+        }
+    }
+
+    fn key(&self, row: usize) -> &[u8] {
+        self.key_bytes(row)
+    }
+
+    const HASH_IS_INJECTIVE: bool = false;
+}
+
+/// How `n` rows fall into `g` prompts numbered by first appearance.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Grouping {
+    /// The stable row order that makes prompts contiguous: prompt 0's rows first, each prompt's rows
+    /// in their original order, `[n]`.
+    pub order: Vec<i64>,
+    /// Rows per prompt, `[g]`.
+    pub sizes: Vec<i64>,
+    /// The row where each prompt first appears, increasing, `[g]`.
+    pub first_rows: Vec<i64>,
+    /// Whether `order` is the identity (every prompt's rows already adjacent, in first-appearance order).
+    pub contiguous: bool,
+}
+
+/// Groups the rows of `keys`. `hash_mask` is ANDed into every hash: `u64::MAX` in use; tests pass a
+/// narrow mask to force collisions between distinct keys through the exact comparison.
+pub fn group_keys(keys: &Keys<'_>, hash_mask: u64) -> Result<Grouping, String> {
+    match keys {
+        Keys::I64(k) => group_column(&IntColumn(k), hash_mask),
+        Keys::I32(k) => group_column(&IntColumn(k), hash_mask),
+        Keys::U64(k) => group_column(&IntColumn(k), hash_mask),
+        Keys::U32(k) => group_column(&IntColumn(k), hash_mask),
+        Keys::Bytes(chunks) => {
+            let mut starts = Vec::with_capacity(chunks.len() + 1);
+            starts.push(0usize);
+            for (c, chunk) in chunks.iter().enumerate() {
+                chunk.validate(c)?;
+                starts.push(starts[c] + chunk.rows());
+            }
+            if chunks.is_empty() {
+                return group_column(&IntColumn::<i64>(&[]), hash_mask);
+            }
+            group_column(&BytesColumn { chunks, starts }, hash_mask)
+        }
+        &Keys::Fixed {
+            data,
+            width,
+            strip_unit,
+        } => {
+            if width == 0 || data.len() % width != 0 {
+                return Err(format!(
+                    "fixed-width keys: {} bytes are not rows of {width}",
+                    data.len()
+                ));
+            }
+            if strip_unit > 0 && width % strip_unit != 0 {
+                return Err(format!(
+                    "fixed-width keys: width {width} is not a multiple of {strip_unit}"
+                ));
+            }
+            group_column(
+                &FixedColumn {
+                    data,
+                    width,
+                    strip_unit,
+                },
+                hash_mask,
+            )
+        }
+    }
+}
+
+/// One partition's keys: their first rows (increasing) and row counts, numbered locally.
+struct PartitionKeys {
+    first_rows: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, String> {
+    let n = keys.len();
+    if n > u32::MAX as usize {
+        return Err(format!("{n} rows are more than {} that one grouping takes", u32::MAX));
+    }
+    let by_hash = group_by_hash(keys, hash_mask, false);
+    // Integer keys need no check: equal hashes of the full mix mean equal integers.
+    if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
+        return Ok(by_hash);
+    }
+    // Check every row against its prompt's first row, prompt by prompt (the first key stays in
+    // cache while its rows are compared). Only if two distinct keys share a hash is the grouping
+    // redone, comparing keys wherever hashes meet.
+    let mut starts = Vec::with_capacity(by_hash.sizes.len());
+    let mut total = 0usize;
+    for &size in &by_hash.sizes {
+        starts.push(total);
+        total += size as usize;
+    }
+    let order = &by_hash.order;
+    let exact = starts.par_iter().zip(&by_hash.sizes).all(|(&start, &size)| {
+        let rows = &order[start..start + size as usize];
+        let first = keys.key(rows[0] as usize);
+        rows[1..].iter().all(|&row| keys.key(row as usize) == first)
+    });
+    Ok(if exact {
+        by_hash
+    } else {
+        group_by_hash(keys, hash_mask, true)
+    })
+}
+
+/// Groups rows by hash; with `compare_keys`, rows of equal hashes join only if their keys are equal.
+fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> Grouping {
+    let n = keys.len();
+
+    // 1. Hashes.
+    let mut hashes = vec![0u64; n];
+    hashes.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
+        keys.hash_rows(c * ROW_CHUNK, out);
+        if hash_mask != u64::MAX {
+            out.iter_mut().for_each(|h| *h &= hash_mask);
+        }
+    });
+
+    // 2. Stable radix partition of (hash, row) by the hash's top bits.
+    let bits = (n / PARTITION_ROWS).max(1).ilog2().min(MAX_PARTITION_BITS);
+    let partitions = 1usize << bits;
+    let partition_of = |h: u64| if bits == 0 { 0 } else { (h >> (64 - bits)) as usize };
+    let counts: Vec<Vec<usize>> = hashes
+        .par_chunks(ROW_CHUNK)
+        .map(|chunk| {
+            let mut count = vec![0usize; partitions];
+            chunk.iter().for_each(|&h| count[partition_of(h)] += 1);
+            count
+        })
+        .collect();
+    let partition_sizes: Vec<usize> = (0..partitions).map(|p| counts.iter().map(|c| c[p]).sum()).collect();
+    let mut part_hashes = vec![0u64; n];
+    let mut part_rows = vec![0u32; n];
+    {
+        // Cut both arrays into one piece per (chunk, partition), partition-major, and hand each
+        // chunk its pieces: every chunk writes its rows, in order, after the earlier chunks' rows.
+        let mut pieces: Vec<Vec<(&mut [u64], &mut [u32])>> = counts.iter().map(|_| Vec::new()).collect();
+        let (mut rest_h, mut rest_r) = (part_hashes.as_mut_slice(), part_rows.as_mut_slice());
+        for p in 0..partitions {
+            for (c, count) in counts.iter().enumerate() {
+                let (h, tail_h) = std::mem::take(&mut rest_h).split_at_mut(count[p]);
+                let (r, tail_r) = std::mem::take(&mut rest_r).split_at_mut(count[p]);
+                pieces[c].push((h, r));
+                (rest_h, rest_r) = (tail_h, tail_r);
+            }
+        }
+        hashes
+            .par_chunks(ROW_CHUNK)
+            .zip(pieces.into_par_iter())
+            .enumerate()
+            .for_each(|(c, (chunk, mut pieces))| {
+                let mut next = vec![0usize; partitions];
+                for (i, &h) in chunk.iter().enumerate() {
+                    let p = partition_of(h);
+                    pieces[p].0[next[p]] = h;
+                    pieces[p].1[next[p]] = (c * ROW_CHUNK + i) as u32;
+                    next[p] += 1;
+                }
+            });
+    }
+    drop(hashes);
+
+    // 3. Number the keys of each partition; `local` receives each entry's local key number.
+    let mut local = vec![0u32; n];
+    let partition_keys: Vec<PartitionKeys> = {
+        let mut slices = Vec::with_capacity(partitions);
+        let (mut h_rest, mut r_rest, mut l_rest) = (part_hashes.as_slice(), part_rows.as_slice(), local.as_mut_slice());
+        for &size in &partition_sizes {
+            let (h, h_tail) = h_rest.split_at(size);
+            let (r, r_tail) = r_rest.split_at(size);
+            let (l, l_tail) = std::mem::take(&mut l_rest).split_at_mut(size);
+            slices.push((h, r, l));
+            (h_rest, r_rest, l_rest) = (h_tail, r_tail, l_tail);
+        }
+        slices
+            .into_par_iter()
+            .map(|(h, r, l)| number_partition(keys, compare_keys, h, r, l))
+            .collect()
+    };
+    drop(part_hashes);
+
+    // 4. Renumber by first appearance: a key's number is the rank of its first row among first rows.
+    let words = n.div_ceil(64);
+    let firsts: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+    partition_keys.par_iter().for_each(|part| {
+        for &row in &part.first_rows {
+            firsts[row as usize / 64].fetch_or(1 << (row % 64), Ordering::Relaxed);
+        }
+    });
+    let firsts: Vec<u64> = firsts.into_iter().map(AtomicU64::into_inner).collect();
+    let mut word_ranks = Vec::with_capacity(words);
+    let mut num_groups = 0usize;
+    for word in &firsts {
+        word_ranks.push(num_groups);
+        num_groups += word.count_ones() as usize;
+    }
+    let rank = |row: u32| {
+        let (w, b) = (row as usize / 64, row % 64);
+        word_ranks[w] + (firsts[w] & ((1u64 << b) - 1)).count_ones() as usize
+    };
+    let global: Vec<Vec<usize>> = partition_keys
+        .par_iter()
+        .map(|part| part.first_rows.iter().map(|&row| rank(row)).collect())
+        .collect();
+    let mut sizes = vec![0i64; num_groups];
+    let mut first_rows = vec![0i64; num_groups];
+    {
+        let (size_writer, first_writer) = (DisjointWriter::new(&mut sizes), DisjointWriter::new(&mut first_rows));
+        partition_keys.par_iter().zip(&global).for_each(|(part, ids)| {
+            for ((&count, &row), &id) in part.counts.iter().zip(&part.first_rows).zip(ids) {
+                // SAFETY: ids are ranks of distinct first rows, so no two keys share one.
+                unsafe {
+                    size_writer.write(id, i64::from(count));
+                    first_writer.write(id, i64::from(row));
+                }
+            }
+        });
+    }
+    let mut starts = Vec::with_capacity(num_groups);
+    let mut total = 0i64;
+    for &size in &sizes {
+        starts.push(total);
+        total += size;
+    }
+
+    // 5. Each row's place in the contiguous order.
+    let mut order = vec![0i64; n];
+    {
+        let order_writer = DisjointWriter::new(&mut order);
+        let mut slices = Vec::with_capacity(partitions);
+        let (mut r_rest, mut l_rest) = (part_rows.as_slice(), local.as_slice());
+        for &size in &partition_sizes {
+            let (r, r_tail) = r_rest.split_at(size);
+            let (l, l_tail) = l_rest.split_at(size);
+            slices.push((r, l));
+            (r_rest, l_rest) = (r_tail, l_tail);
+        }
+        slices.into_par_iter().zip(&global).for_each(|((rows, locals), ids)| {
+            let mut next: Vec<i64> = ids.iter().map(|&id| starts[id]).collect();
+            for (&row, &key) in rows.iter().zip(locals) {
+                let key = key as usize;
+                // SAFETY: a key lives in one partition, and its `sizes[id]` slots from `starts[id]`
+                // are handed out one row at a time.
+                unsafe { order_writer.write(next[key] as usize, i64::from(row)) };
+                next[key] += 1;
+            }
+        });
+    }
+    drop(part_rows);
+    drop(local);
+    let contiguous = order.par_iter().enumerate().all(|(i, &row)| row == i as i64);
+    Grouping {
+        order,
+        sizes,
+        first_rows,
+        contiguous,
+    }
+}
+
+/// Numbers the keys of one partition (rows increasing), writing each entry's key number to `local`.
+/// With `compare_keys`, a row joins a key only if its hash is equal *and* its key is.
+fn number_partition<K: KeyColumn>(
+    keys: &K,
+    compare_keys: bool,
+    hashes: &[u64],
+    rows: &[u32],
+    local: &mut [u32],
+) -> PartitionKeys {
+    const EMPTY: u32 = u32::MAX;
+    let mut capacity = 1024usize;
+    // Slot: (hash, key number); EMPTY marks a free slot.
+    let mut table: Vec<(u64, u32)> = vec![(0, EMPTY); capacity];
+    let mut first_rows: Vec<u32> = Vec::new();
+    let mut counts: Vec<u32> = Vec::new();
+    for ((&h, &row), out) in hashes.iter().zip(rows).zip(local.iter_mut()) {
+        let mut slot = (hash_u64(h) as usize) & (capacity - 1);
+        let key = loop {
+            let (slot_hash, key) = table[slot];
+            if key == EMPTY {
+                let key = first_rows.len() as u32;
+                table[slot] = (h, key);
+                first_rows.push(row);
+                counts.push(0);
+                break key;
+            }
+            if slot_hash == h
+                && (!compare_keys || keys.key(row as usize) == keys.key(first_rows[key as usize] as usize))
+            {
+                break key;
+            }
+            slot = (slot + 1) & (capacity - 1);
+        };
+        counts[key as usize] += 1;
+        *out = key;
+        if first_rows.len() * 2 > capacity {
+            capacity *= 2;
+            table = rehash(&table, capacity);
+        }
+    }
+    PartitionKeys { first_rows, counts }
+}
+
+/// The occupied slots of `table`, placed in a table of `capacity` slots.
+fn rehash(table: &[(u64, u32)], capacity: usize) -> Vec<(u64, u32)> {
+    let mut grown = vec![(0, u32::MAX); capacity];
+    for &(h, key) in table.iter().filter(|slot| slot.1 != u32::MAX) {
+        let mut slot = (hash_u64(h) as usize) & (capacity - 1);
+        while grown[slot].1 != u32::MAX {
+            slot = (slot + 1) & (capacity - 1);
+        }
+        grown[slot] = (h, key);
+    }
+    grown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A hash mask that keeps 1,024 distinct hashes (the top bits, which also pick the partition).
+    const TOP_10_BITS: u64 = 0xFFC0_0000_0000_0000;
+
+    /// The grouping, computed the obvious way: a HashMap from key to first-appearance number.
+    fn reference<T: std::hash::Hash + Eq + Clone>(keys: &[T]) -> Grouping {
+        let mut ids: HashMap<T, i64> = HashMap::new();
+        let index: Vec<i64> = keys
+            .iter()
+            .map(|k| {
+                let next = ids.len() as i64;
+                *ids.entry(k.clone()).or_insert(next)
+            })
+            .collect();
+        let mut sizes = vec![0i64; ids.len()];
+        index.iter().for_each(|&g| sizes[g as usize] += 1);
+        let mut order: Vec<i64> = (0..keys.len() as i64).collect();
+        order.sort_by_key(|&row| index[row as usize]);
+        let contiguous = order.iter().enumerate().all(|(i, &r)| r == i as i64);
+        let mut first_rows = vec![-1i64; sizes.len()];
+        for (row, &g) in index.iter().enumerate().rev() {
+            first_rows[g as usize] = row as i64;
+        }
+        Grouping {
+            order,
+            sizes,
+            first_rows,
+            contiguous,
+        }
+    }
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    fn arrow(strings: &[String]) -> (Vec<i32>, Vec<u8>) {
+        let mut offsets = vec![0i32];
+        let mut data = Vec::new();
+        for s in strings {
+            data.extend_from_slice(s.as_bytes());
+            offsets.push(data.len() as i32);
+        }
+        (offsets, data)
+    }
+
+    #[test]
+    fn small_example() {
+        let g = group_keys(&Keys::I64(&[7, 3, 7, 9, 3, 7]), u64::MAX).unwrap();
+        assert_eq!(g.first_rows, vec![0, 1, 3]);
+        assert_eq!(g.order, vec![0, 2, 5, 1, 4, 3]);
+        assert_eq!(g.sizes, vec![3, 2, 1]);
+        assert!(!g.contiguous);
+        let g = group_keys(&Keys::U32(&[5, 5, 1]), u64::MAX).unwrap();
+        assert!(g.contiguous);
+        assert_eq!(g.sizes, vec![2, 1]);
+    }
+
+    #[test]
+    fn integers_match_reference_at_scale() {
+        let mut seed = 1;
+        // Enough rows for many partitions, with ragged groups.
+        let keys: Vec<i64> = (0..300_000)
+            .map(|_| (lcg(&mut seed) % 40_000) as i64 - 20_000)
+            .collect();
+        assert_eq!(group_keys(&Keys::I64(&keys), u64::MAX).unwrap(), reference(&keys));
+        // Keeping 10 bits puts about 40 distinct integers on each hash: the exact comparison separates them.
+        assert_eq!(group_keys(&Keys::I64(&keys), TOP_10_BITS).unwrap(), reference(&keys));
+        let narrow: Vec<i32> = keys.iter().map(|&k| k as i32).collect();
+        assert_eq!(group_keys(&Keys::I32(&narrow), u64::MAX).unwrap(), reference(&keys));
+    }
+
+    #[test]
+    fn signed_and_unsigned_widths_do_not_alias() {
+        let keys = [-1i32, 1, -1];
+        assert_eq!(group_keys(&Keys::I32(&keys), u64::MAX).unwrap().sizes, vec![2, 1]);
+        let keys = [u64::MAX, 1 << 63, u64::MAX];
+        assert_eq!(group_keys(&Keys::U64(&keys), u64::MAX).unwrap().sizes, vec![2, 1]);
+    }
+
+    #[test]
+    fn strings_match_reference_across_chunks_and_collisions() {
+        let mut seed = 7;
+        let strings: Vec<String> = (0..200_000)
+            .map(|_| format!("prompt-{}", lcg(&mut seed) % 30_000))
+            .collect();
+        let expected = reference(&strings);
+        let (offsets, data) = arrow(&strings);
+        let one = Keys::Bytes(vec![ByteChunk {
+            offsets: Offsets::I32(&offsets),
+            data: &data,
+        }]);
+        assert_eq!(group_keys(&one, u64::MAX).unwrap(), expected);
+        // About 30 keys on each hash: only the exact comparison tells them apart.
+        assert_eq!(group_keys(&one, TOP_10_BITS).unwrap(), expected);
+        // Every key on one hash (a small table: the probing is quadratic in the keys).
+        let few: Vec<String> = strings[..3000]
+            .iter()
+            .map(|s| s[..s.len().min(10)].to_string())
+            .collect();
+        let (o, d) = arrow(&few);
+        let one_hash = Keys::Bytes(vec![ByteChunk {
+            offsets: Offsets::I32(&o),
+            data: &d,
+        }]);
+        assert_eq!(group_keys(&one_hash, 0).unwrap(), reference(&few));
+        // The same rows in three chunks, one with 64-bit offsets and a non-zero first offset.
+        let (a, b, c) = (&strings[..1000], &strings[1000..150_000], &strings[150_000..]);
+        let (oa, da) = arrow(a);
+        let (ob, db) = arrow(b);
+        let (oc, dc) = arrow(c);
+        let mut shifted = b"junk".to_vec();
+        shifted.extend_from_slice(&dc);
+        let oc: Vec<i64> = oc.iter().map(|&o| i64::from(o) + 4).collect();
+        let chunks = Keys::Bytes(vec![
+            ByteChunk {
+                offsets: Offsets::I32(&oa),
+                data: &da,
+            },
+            ByteChunk {
+                offsets: Offsets::I32(&[0]),
+                data: &[],
+            },
+            ByteChunk {
+                offsets: Offsets::I32(&ob),
+                data: &db,
+            },
+            ByteChunk {
+                offsets: Offsets::I64(&oc),
+                data: &shifted,
+            },
+        ]);
+        assert_eq!(group_keys(&chunks, u64::MAX).unwrap(), expected);
+        assert_eq!(group_keys(&chunks, TOP_10_BITS).unwrap(), expected);
+    }
+
+    #[test]
+    fn fixed_width_keys_strip_trailing_zero_units() {
+        // numpy S3: b"ab", b"ab\0" (the same key), b"a\0b", b"" (width 3).
+        let data = b"ab\0ab\0a\0b\0\0\0";
+        let g = group_keys(
+            &Keys::Fixed {
+                data,
+                width: 3,
+                strip_unit: 1,
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!((g.order, g.sizes), (vec![0, 1, 2, 3], vec![2, 1, 1]));
+        let exact = group_keys(
+            &Keys::Fixed {
+                data: b"a\0a\0",
+                width: 2,
+                strip_unit: 0,
+            },
+            u64::MAX,
+        )
+        .unwrap();
+        assert_eq!(exact.sizes, vec![2]);
+    }
+
+    #[test]
+    fn empty_and_invalid_inputs() {
+        let g = group_keys(&Keys::I64(&[]), u64::MAX).unwrap();
+        assert!(g.order.is_empty() && g.sizes.is_empty() && g.contiguous);
+        assert!(group_keys(&Keys::Bytes(vec![]), u64::MAX).unwrap().sizes.is_empty());
+        let bad = Keys::Bytes(vec![ByteChunk {
+            offsets: Offsets::I32(&[0, 5]),
+            data: b"abc",
+        }]);
+        assert!(group_keys(&bad, u64::MAX)
+            .unwrap_err()
+            .contains("outside its 3 data bytes"));
+        let bad = Keys::Bytes(vec![ByteChunk {
+            offsets: Offsets::I32(&[0, 2, 1]),
+            data: b"abc",
+        }]);
+        assert!(group_keys(&bad, u64::MAX).unwrap_err().contains("decrease"));
+        let bad = Keys::Fixed {
+            data: b"abc",
+            width: 2,
+            strip_unit: 0,
+        };
+        assert!(group_keys(&bad, u64::MAX).unwrap_err().contains("not rows of 2"));
+    }
+
+    #[test]
+    fn byte_hash_separates_lengths_and_tails() {
+        let samples: [&[u8]; 8] = [
+            b"",
+            b"\0",
+            b"\0\0",
+            b"a",
+            b"a\0",
+            b"prompt-1",
+            b"prompt-10",
+            b"0123456789abcdefX",
+        ];
+        let hashes: std::collections::HashSet<u64> = samples.iter().map(|s| hash_bytes(s)).collect();
+        assert_eq!(hashes.len(), samples.len());
+    }
+}
