@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import reference
-from conftest import assert_tables_equal
+from table_cases import assert_tables_equal
 
 from shfcas_fast import ShfcasTypeError, ShfcasValueError, io
 from shfcas_fast.tables import SCORE_FIELDS, default_batch_rows, score_file, score_table, scored_schema, select_table

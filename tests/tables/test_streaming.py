@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import adjacent_completions, assert_tables_equal
+from table_cases import adjacent_completions, assert_tables_equal
 from datasets.table import InMemoryTable
 
 from shfcas_fast import ShfcasTypeError, ShfcasValueError

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from .. import _core, io
 from ..errors import ShfcasTypeError, ShfcasValueError
+from ..grouping import group_keys
 
 __all__ = ["AdjacentGroups", "Groups", "group_rows"]
 
@@ -40,7 +41,7 @@ class Groups:
     """How ``n`` rows fall into ``g`` groups numbered by first appearance.
 
     Attributes:
-        ids: int32 ``[n]``, the group of each row.
+        ids: int64 ``[n]``, the group of each row.
         sizes: int64 ``[g]``, rows per group.
         first_rows: int64 ``[g]``, the row where each group first appears.
         order: int64 ``[n]`` stable permutation that makes groups contiguous (group 0's rows first,
@@ -94,15 +95,15 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     n = len(keys)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Groups(ids=np.zeros(0, dtype=np.int32), sizes=empty, first_rows=empty, order=None)
+        return Groups(ids=empty, sizes=empty, first_rows=empty, order=None)
     chunks = [chunk for chunk in (keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]) if len(chunk)]
     run_starts = _run_starts(chunks)
     if run_starts.shape[0] > n // _MIN_MEAN_RUN:
         del run_starts  # as large as the row count: free it before hashing
-        # Scattered rows: hash every key (Arrow keeps one dictionary across the chunks).
-        encoded = pc.dictionary_encode(pa.chunked_array(chunks))
-        ids = np.concatenate([chunk.indices.to_numpy() for chunk in encoded.chunks]).astype(np.int32, copy=False)
-        return _scattered(ids, len(encoded.chunks[0].dictionary))
+        # Scattered rows: the core hashes every key.
+        key_groups = group_keys(pa.chunked_array(chunks))
+        order = None if key_groups.contiguous else key_groups.order
+        return Groups(ids=key_groups.index, sizes=key_groups.sizes, first_rows=key_groups.first_rows, order=order)
     # Tables usually hold a prompt's completions together: hash one key per run of equal adjacent
     # keys, taken chunk by chunk (a take on the chunked column would first concatenate its strings).
     offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])
@@ -112,13 +113,12 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
             for chunk, start, stop in zip(chunks, offsets[:-1], offsets[1:], strict=True)
         ]
     )
-    encoded = pc.dictionary_encode(run_keys)
-    num_groups = len(encoded.dictionary)
+    runs = group_keys(run_keys)
     run_lengths = np.diff(np.append(run_starts, n))
-    if num_groups == run_starts.shape[0]:  # no prompt comes back after another: already contiguous
-        ids = np.repeat(np.arange(num_groups, dtype=np.int32), run_lengths)
+    if runs.num_groups == run_starts.shape[0]:  # no prompt comes back after another: already contiguous
+        ids = np.repeat(np.arange(runs.num_groups, dtype=np.int64), run_lengths)
         return Groups(ids=ids, sizes=run_lengths, first_rows=run_starts, order=None)
-    return _scattered(np.repeat(encoded.indices.to_numpy().astype(np.int32, copy=False), run_lengths), num_groups)
+    return _scattered(np.repeat(runs.index, run_lengths), runs.num_groups)
 
 
 class AdjacentGroups:
@@ -273,7 +273,7 @@ def _scattered(ids: np.ndarray, num_groups: int) -> Groups:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     if np.all(ids[1:] >= ids[:-1]):
         return Groups(ids=ids, sizes=sizes, first_rows=starts, order=None)
-    order = _core.stable_group_order(ids, num_groups)
+    order = _core.stable_group_order(ids.astype(np.int32, copy=False), num_groups)
     return Groups(ids=ids, sizes=sizes, first_rows=order[starts], order=order)
 
 

@@ -128,6 +128,7 @@ def _scored_prompts(
     groups = group_rows(prompts, prompt_column)
     per_prompt = {name: _per_group(numbers.pop(name), groups, name, source) for name in _PER_PROMPT_FIELDS}
     per_prompt["degenerate"] = _per_group(degenerate, groups, "degenerate", source)
+    per_prompt["group_sizes"] = groups.sizes
     if not per_completion:
         return ScoredPrompts(prompts=prompts, groups=groups, scores=PromptScores(**per_prompt))
     per_row = {name: groups.contiguous(numbers[name]) for name in PER_COMPLETION_FIELDS}
