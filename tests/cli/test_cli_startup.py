@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import pyarrow as pa
 import pyarrow.parquet as pq
