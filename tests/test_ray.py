@@ -15,6 +15,7 @@ from shfcas_fast import ray as shfcas_ray  # noqa: E402
 from shfcas_fast.cli.score import score_file  # noqa: E402
 
 NUM_SHARDS = 3
+PER_PROMPT = ("group_conflict", "kendall_tau", "kendall_distance")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,7 +100,7 @@ def _reference_selection(reference: pa.Table, **rule) -> list[str]:
     _, first_rows = np.unique(prompts, return_index=True)
     first_rows = np.sort(first_rows)  # prompts in order of first appearance, as the engine groups them
     scores = shfcas_fast.scoring.PromptScores(
-        **{name: reference[name].to_numpy()[first_rows] for name in ("group_conflict", "kendall_tau", "kendall_distance")},
+        **{name: reference[name].to_numpy()[first_rows] for name in PER_PROMPT},
         degenerate=reference["degenerate"].to_numpy(zero_copy_only=False)[first_rows],
     )
     return prompts[first_rows][shfcas_fast.select(scores, **rule)].tolist()
@@ -191,7 +192,8 @@ def test_bad_arguments_fail_before_running(shards):
 
 
 def test_a_non_finite_value_names_its_row():
-    ds = ray.data.from_arrow(pa.table({"prompt": ["a", "a", "b"], "logprob": [0.0, 1.0, np.nan], "reward": [1.0, 2.0, 3.0]}))
+    table = pa.table({"prompt": ["a", "a", "b"], "logprob": [0.0, 1.0, np.nan], "reward": [1.0, 2.0, 3.0]})
+    ds = ray.data.from_arrow(table)
     with pytest.raises(ShfcasValueError, match=r"row 2 \(0-based\): column 'logprob'"):
         shfcas_ray.score_dataset(ds)
 
@@ -223,7 +225,10 @@ def test_policy_logprobs_on_cpu_actors(tmp_path):
     got = {
         tuple(p + c): value
         for p, c, value in zip(
-            result["prompt_ids"].to_pylist(), result["completion_ids"].to_pylist(), result["logprob"].to_pylist(), strict=True
+            result["prompt_ids"].to_pylist(),
+            result["completion_ids"].to_pylist(),
+            result["logprob"].to_pylist(),
+            strict=True,
         )
     }
     assert got.keys() == expected.keys()

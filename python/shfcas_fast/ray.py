@@ -38,6 +38,7 @@ Log-probabilities themselves are computed on GPU actors with :class:`PolicyLogpr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -131,8 +132,7 @@ def _scored(ds: ray.data.Dataset, columns: _Columns, num_partitions: int | None)
     replaced = [name for name in SCORE_FIELDS.names if name in ds.columns() and name not in columns.names]
     blocks = _Blocks.of(ds.drop_columns(replaced) if replaced else ds)
     scores = _prompts_shuffled(blocks, columns, num_partitions).map_batches(
-        _score_partition,
-        fn_kwargs={"starts": blocks.starts, "per_prompt": False},
+        functools.partial(_score_partition, starts=blocks.starts, per_prompt=False),
         batch_format="pyarrow",
         batch_size=None,
     )
@@ -212,8 +212,7 @@ def _selected(
     candidates = (
         _prompts_shuffled(blocks, columns, num_partitions)
         .map_batches(
-            _score_partition,
-            fn_kwargs={"starts": blocks.starts, "per_prompt": True},
+            functools.partial(_score_partition, starts=blocks.starts, per_prompt=True),
             batch_format="pyarrow",
             batch_size=None,
         )
@@ -224,7 +223,7 @@ def _selected(
     del blocks  # frees the input's scored columns in the object store
     replaced = [name for name in [*(f.name for f in _PROMPT_FIELDS), SELECTION_RANK.name] if name in ds.columns()]
     rows = _ordered(ds.drop_columns(replaced) if replaced else ds)
-    return rows.map_batches(_selected_rows, fn_kwargs={"chosen": chosen, "columns": columns}, batch_format="pyarrow")
+    return rows.map_batches(functools.partial(_selected_rows, chosen=chosen, columns=columns), batch_format="pyarrow")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -250,12 +249,13 @@ def _ordered(ds: ray.data.Dataset) -> ray.data.Dataset:
 class _Blocks:
     """A data set's blocks in its row order, held in the object store, and the row each starts at."""
 
-    refs: list[ray.ObjectRef]
+    refs: list[Any]  # ObjectRefs of the blocks
     starts: np.ndarray  # int64, one more than ``refs``: the last is the row count
 
     @classmethod
     def of(cls, ds: ray.data.Dataset) -> _Blocks:
-        refs, counts = [], []
+        refs: list[Any] = []
+        counts: list[int] = []
         for bundle in _ordered(ds).iter_internal_ref_bundles():
             refs.extend(bundle.block_refs)
             counts.extend(metadata.num_rows for metadata in bundle.metadata)
@@ -271,11 +271,17 @@ class _Blocks:
 
 def _prompts_shuffled(blocks: _Blocks, columns: _Columns, num_partitions: int | None) -> ray.data.Dataset:
     """The narrow rows of ``blocks``, hash-partitioned by prompt: each partition is one block of whole prompts."""
-    narrow = [
-        _narrow_block.remote(block, int(start), columns) for block, start in zip(blocks.refs, blocks.starts[:-1], strict=True)
-    ]
     partitions = _num_partitions(num_partitions, blocks.num_rows)
-    return ray.data.from_arrow_refs(narrow).repartition(partitions, keys=[_HASH])
+    return _narrow_rows(blocks, columns).repartition(partitions, keys=[_HASH])
+
+
+def _narrow_rows(blocks: _Blocks, columns: _Columns) -> ray.data.Dataset:
+    """The narrow rows of ``blocks``, block by block (computed as soon as this is called)."""
+    narrow: list[Any] = [
+        _narrow_block.remote(block, int(start), columns)
+        for block, start in zip(blocks.refs, blocks.starts[:-1], strict=True)
+    ]
+    return ray.data.from_arrow_refs(narrow)
 
 
 def _num_partitions(requested: int | None, num_rows: int) -> int:
@@ -402,7 +408,8 @@ def _score_partition(table: pa.Table, *, starts: np.ndarray, per_prompt: bool) -
     scored = {_ROW: pa.array(rows)}
     for field in SCORE_FIELDS:
         values = getattr(scores, field.name)
-        scored[field.name] = pa.array(values if field.name in PER_COMPLETION_FIELDS else values[prompt_of_row], field.type)
+        per_row = values if field.name in PER_COMPLETION_FIELDS else values[prompt_of_row]
+        scored[field.name] = pa.array(per_row, field.type)
     return pa.table(scored)
 
 
@@ -487,7 +494,7 @@ def _selected_rows(table: pa.Table, *, chosen: pa.Table, columns: _Columns) -> p
     chosen_keys = chosen[_KEY].to_pylist()
     # The chosen prompt of each distinct prompt here (-1: none), by hash, and by the prompt itself
     # where different prompts share a hash.
-    by_hash = {int(key_hash): position for position, key_hash in enumerate(chosen_hashes) if chosen_keys[position] is None}
+    by_hash = {int(h): position for position, h in enumerate(chosen_hashes) if chosen_keys[position] is None}
     by_key = {key: position for position, key in enumerate(chosen_keys) if key is not None}
     position_of = np.array(
         [
@@ -560,6 +567,7 @@ class PolicyLogprobs:
         import transformers
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded: Any  # a transformers model (its ``to`` is typed too narrowly for a device string)
         if isinstance(model, str):
             loaded = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
         else:
@@ -597,7 +605,7 @@ def _padded(prompts: Iterable[list[int]], completions: Iterable[list[int]], pad_
     """Right-padded ``input_ids``, ``attention_mask`` and ``response_mask`` of prompt + completion."""
     import torch
 
-    sequences = [(list(prompt or []), list(completion or [])) for prompt, completion in zip(prompts, completions, strict=True)]
+    sequences = [(list(p or []), list(c or [])) for p, c in zip(prompts, completions, strict=True)]
     width = max((len(prompt) + len(completion) for prompt, completion in sequences), default=0)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
