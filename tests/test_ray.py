@@ -233,3 +233,19 @@ def test_policy_logprobs_on_cpu_actors(tmp_path):
     }
     assert got.keys() == expected.keys()
     np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5, atol=1e-5)
+
+
+def test_integer_prompts_and_per_token_logprobs_equal_single_process(tmp_path):
+    rng = np.random.default_rng(3)
+    prompts = rng.integers(0, 6, size=40)
+    tokens = [rng.normal(size=rng.integers(0, 5)).tolist() for _ in range(40)]
+    table = pa.table({"prompt": prompts, "logprob": tokens, "reward": rng.normal(size=40)})
+    pq.write_table(table, tmp_path / "in.parquet")
+    score_file(tmp_path / "in.parquet", tmp_path / "scored.parquet")
+    scored = _collect(shfcas_ray.score_dataset(ray.data.from_arrow([table.slice(0, 15), table.slice(15)])))
+    expected = pq.read_table(tmp_path / "scored.parquet")
+    _assert_same_columns(scored.drop_columns(["logprob"]), expected.drop_columns(["logprob"]))
+
+
+def test_a_selection_of_no_prompt_is_empty(shards):
+    assert shfcas_ray.select_dataset(_read(shards), threshold=100.0).count() == 0

@@ -219,7 +219,9 @@ def _selected(
         .map_batches(rule.choose, batch_format="pyarrow", batch_size=None)
     )
     # Per-partition top-k merged on the driver: the global top-k is among the partitions' top-k.
-    chosen = rule.choose(pa.concat_tables(ray.get(candidates.to_arrow_refs())))
+    # (Ray drops empty blocks: with nothing chosen anywhere, no table comes back.)
+    tables = ray.get(candidates.to_arrow_refs()) or [_score_partition(_NO_ROWS, starts=blocks.starts, per_prompt=True)]
+    chosen = rule.choose(pa.concat_tables(tables))
     del blocks  # frees the input's scored columns in the object store
     replaced = [name for name in [*(f.name for f in _PROMPT_FIELDS), SELECTION_RANK.name] if name in ds.columns()]
     rows = _ordered(ds.drop_columns(replaced) if replaced else ds)
@@ -449,6 +451,15 @@ def _row_keys(table: pa.Table, starts: np.ndarray) -> pa.Array:
 
 _EMPTY = np.zeros(0)
 _NO_PROMPTS = PromptScores(_EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=bool))
+_NO_ROWS = pa.table(  # narrow rows of nothing
+    {
+        _HASH: pa.array([], pa.uint64()),
+        _ROW: pa.array([], pa.int64()),
+        _LOGPROB: _EMPTY,
+        _REWARD: _EMPTY,
+        _KEY: pa.array([], pa.string()),
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
