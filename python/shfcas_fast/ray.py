@@ -259,6 +259,8 @@ class _Blocks:
         refs: list[Any] = []
         counts: list[int] = []
         for bundle in _ordered(ds).iter_internal_ref_bundles():
+            # A bundle can stand for part of a block; a final projection gives whole new blocks.
+            assert not any(getattr(bundle, "slices", None) or ()), "a partial block reached the driver"
             refs.extend(bundle.block_refs)
             counts.extend(metadata.num_rows for metadata in bundle.metadata)
         starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
