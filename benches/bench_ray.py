@@ -137,7 +137,8 @@ def main() -> None:
         results = {"single process": single_process(paths, args.budget)}
         volume: dict[str, int] = {}
         for workers in args.workers:
-            results[f"Ray, {workers} worker{'s' if workers > 1 else ''}"], measured = ray_run(paths, args.budget, workers)
+            times, measured = ray_run(paths, args.budget, workers)
+            results[f"Ray, {workers} worker{'s' if workers > 1 else ''}"] = times
             volume = volume or measured
     print(f"{args.rows:,} rows in {args.shards} shards, prompts of 8 scattered over the shards; budget {args.budget}")
     print(f"{'run':<18} {'score s':>9} {'rows/s':>12} {'select s':>9} {'rows/s':>12}")
