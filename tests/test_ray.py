@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +14,7 @@ ray = pytest.importorskip("ray")
 import shfcas_fast  # noqa: E402
 from shfcas_fast import ShfcasValueError  # noqa: E402
 from shfcas_fast import ray as shfcas_ray  # noqa: E402
-from shfcas_fast.cli.score import score_file  # noqa: E402
+from shfcas_fast.tables import score_file  # noqa: E402
 
 NUM_SHARDS = 3
 PER_PROMPT = ("group_conflict", "kendall_tau", "kendall_distance")
@@ -97,11 +99,13 @@ def _assert_same_columns(actual: pa.Table, expected: pa.Table) -> None:
 def _reference_selection(reference: pa.Table, **rule) -> list[str]:
     """Prompts chosen by the engine's select on the single-process scores, in selection order."""
     prompts = reference["prompt"].to_numpy(zero_copy_only=False)
-    _, first_rows = np.unique(prompts, return_index=True)
-    first_rows = np.sort(first_rows)  # prompts in order of first appearance, as the engine groups them
+    _, first_rows, sizes = np.unique(prompts, return_index=True, return_counts=True)
+    appearance = np.argsort(first_rows)  # prompts in order of first appearance, as the engine groups them
+    first_rows = first_rows[appearance]
     scores = shfcas_fast.scoring.PromptScores(
         **{name: reference[name].to_numpy()[first_rows] for name in PER_PROMPT},
         degenerate=reference["degenerate"].to_numpy(zero_copy_only=False)[first_rows],
+        group_sizes=sizes[appearance],
     )
     return prompts[first_rows][shfcas_fast.select(scores, **rule)].tolist()
 
@@ -252,3 +256,27 @@ def test_integer_prompts_and_per_token_logprobs_equal_single_process(tmp_path):
 
 def test_a_selection_of_no_prompt_is_empty(shards):
     assert shfcas_ray.select_dataset(_read(shards), threshold=100.0).count() == 0
+
+
+def test_the_command_line_on_ray_equals_the_local_engine(shards, reference, tmp_path):
+    from typer.testing import CliRunner
+
+    from shfcas_fast.cli import app
+
+    runner = CliRunner()
+    folder = os.path.dirname(shards[0])  # the shards as one data set
+    scored = tmp_path / "scored.parquet"
+    result = runner.invoke(app, ["score", folder, "-o", str(scored), "--engine", "ray", "-q"])
+    assert result.exit_code == 0, result.output
+    _assert_same_columns(pq.read_table(scored), reference)
+
+    on_ray, local = tmp_path / "ray.parquet", tmp_path / "local.parquet"
+    for output, engine in ((on_ray, "ray"), (local, "local")):
+        result = runner.invoke(app, ["select", str(scored), "-o", str(output), "--budget", "7", "--engine", engine, "-q"])
+        assert result.exit_code == 0, result.output
+    names = ["prompt", "completion", "selection_rank"]
+    assert pq.read_table(on_ray).select(names).equals(pq.read_table(local).select(names))
+
+    refused = runner.invoke(app, ["score", folder, "-o", str(tmp_path / "x.parquet"), "--engine", "ray", "--grouped"])
+    assert refused.exit_code == 1
+    assert "--grouped is not supported with --engine ray" in refused.stderr

@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -51,11 +53,26 @@ import ray
 import ray.data
 from ray.data.block import Block, BlockAccessor
 
+from . import io
 from .errors import ShfcasTypeError, ShfcasValueError
 from .scoring import ConflictScores, PromptScores, Strategy, score, select
 from .tables.columns import PER_COMPLETION_FIELDS, SCORE_FIELDS, float_column
 
-__all__ = ["SELECTION_RANK", "PolicyLogprobs", "add_policy_logprobs", "score_dataset", "select_dataset"]
+__all__ = [
+    "SELECTION_RANK",
+    "EngineSummary",
+    "PolicyLogprobs",
+    "add_policy_logprobs",
+    "connect",
+    "read_dataset",
+    "score_dataset",
+    "score_file",
+    "select_dataset",
+    "select_file",
+    "write_dataset",
+]
+
+PathLike = str | os.PathLike[str]
 
 # Columns of the narrow rows that are shuffled.
 _HASH = "key_hash"  # uint64 hash of the prompt
@@ -66,6 +83,8 @@ _REWARD = "reward"
 # hash another prompt of the block shares); null elsewhere. In per-prompt tables: the prompt where
 # its hash is shared, else null.
 _KEY = "key"
+# Completions per prompt, in per-prompt tables (selection leaves out prompts below min_group_size).
+_SIZE = "num_completions"
 
 #: The rank of a selected prompt (0 = chosen first), on every row :func:`select_dataset` returns.
 SELECTION_RANK = pa.field("selection_rank", pa.int64())
@@ -229,6 +248,105 @@ def _selected(
 
 # ---------------------------------------------------------------------------------------------------
 # Narrow rows
+
+
+def read_dataset(source: PathLike) -> ray.data.Dataset:
+    """A Ray data set of the rows of a file, folder or glob (any input :mod:`shfcas_fast.io` reads).
+
+    Parquet shards are read by Ray's workers; other formats (JSONL, CSV, Arrow, compressed text) are
+    decoded on the driver by :func:`shfcas_fast.io.iter_batches` and handed to Ray.
+    """
+    files = io.source_files(source)
+    if io.input_format(source) == "parquet":
+        return ray.data.read_parquet([str(file) for file in files])
+    return ray.data.from_arrow([pa.Table.from_batches([batch]) for batch in io.iter_batches(source)])
+
+
+def write_dataset(ds: ray.data.Dataset, output: PathLike, *, overwrite: bool = False) -> int:
+    """Stream the rows of ``ds`` into one ``.parquet`` or ``.jsonl`` file, atomically; returns the rows."""
+    batches = cast(Iterator[pa.Table], iter(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
+    first = next(batches, None)
+    schema = first.schema if first is not None else ds.schema().base_schema
+    rows = 0
+    with io.open_writer(output, schema, overwrite=overwrite) as writer:
+        for batch in itertools.chain([] if first is None else [first], batches):
+            writer.write(batch)
+            rows += batch.num_rows
+    return rows
+
+
+def connect(address: str | None = None) -> None:
+    """Join the Ray cluster at ``address`` (``"auto"``, ``"ray://host:10001"``; ``RAY_ADDRESS`` when
+    None), or start a local Ray on this machine when none is given or set; no-op if already joined."""
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSummary:
+    """What a command run on Ray wrote: ``rows`` rows of ``action`` (``"scored"`` or ``"selected"``)."""
+
+    rows: int
+    action: str
+
+    def describe(self, destination: object) -> str:
+        """A one-line summary naming where the rows went."""
+        return f"{self.action.capitalize()} {self.rows:,} rows with Ray into {destination}"
+
+
+def score_file(
+    source: PathLike,
+    output: PathLike,
+    *,
+    prompt_column: str = "prompt",
+    logprob_column: str = "logprob",
+    reward_column: str = "reward",
+    num_partitions: int | None = None,
+    overwrite: bool = False,
+) -> EngineSummary:
+    """``shfcas score --engine ray``: :func:`score_dataset` from a data set on disk into one file.
+
+    Ray must be initialised (``ray.init``); the output equals the single-process ``shfcas score``.
+    """
+    io.check_output(output, overwrite=overwrite)
+    scored = score_dataset(
+        read_dataset(source),
+        prompt_column=prompt_column,
+        logprob_column=logprob_column,
+        reward_column=reward_column,
+        num_partitions=num_partitions,
+    )
+    return EngineSummary(rows=write_dataset(scored, output, overwrite=overwrite), action="scored")
+
+
+def select_file(
+    source: PathLike,
+    output: PathLike,
+    *,
+    strategy: Strategy = "pacs",
+    budget: int | None = None,
+    threshold: float | None = None,
+    seed: int = 0,
+    prompt_column: str = "prompt",
+    logprob_column: str = "logprob",
+    reward_column: str = "reward",
+    num_partitions: int | None = None,
+    overwrite: bool = False,
+) -> EngineSummary:
+    """``shfcas select --engine ray``: :func:`select_dataset` from a data set on disk into one file."""
+    io.check_output(output, overwrite=overwrite)
+    chosen = select_dataset(
+        read_dataset(source),
+        strategy=strategy,
+        budget=budget,
+        threshold=threshold,
+        seed=seed,
+        prompt_column=prompt_column,
+        logprob_column=logprob_column,
+        reward_column=reward_column,
+        num_partitions=num_partitions,
+    )
+    return EngineSummary(rows=write_dataset(chosen, output, overwrite=overwrite), action="selected")
 
 
 def _checked_columns(ds: ray.data.Dataset, prompt: str, logprob: str, reward: str) -> _Columns:
@@ -404,6 +522,7 @@ def _score_partition(table: pa.Table, *, starts: np.ndarray, per_prompt: bool) -
             shared = np.isin(hashes[group_starts], hashes[group_starts][ranks[group_starts] > 0])
             keys = _row_keys(table, starts).take(pa.array(order[group_starts]))
             prompts[_KEY] = pc.if_else(pa.array(shared), keys, pa.nulls(len(keys), key_type))
+        prompts[_SIZE] = pa.array(sizes, pa.int64())
         for field in _PROMPT_FIELDS:
             prompts[field.name] = pa.array(getattr(scores, field.name), field.type)
         return pa.table(prompts)
@@ -451,7 +570,7 @@ def _row_keys(table: pa.Table, starts: np.ndarray) -> pa.Array:
 # Selection
 
 _EMPTY = np.zeros(0)
-_NO_PROMPTS = PromptScores(_EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=bool))
+_NO_PROMPTS = PromptScores(_EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=bool), group_sizes=np.zeros(0, np.int64))
 _NO_ROWS = pa.table(  # narrow rows of nothing
     {
         _HASH: pa.array([], pa.uint64()),
@@ -485,6 +604,7 @@ class _SelectionRule:
                 kendall_tau=prompts["kendall_tau"].to_numpy(),
                 kendall_distance=prompts["kendall_distance"].to_numpy(),
                 degenerate=prompts["degenerate"].to_numpy(zero_copy_only=False),
+                group_sizes=prompts[_SIZE].to_numpy(),
             )
             chosen = select(scores, budget=self.budget, threshold=self.threshold, strategy=self.strategy)
         return prompts.take(pa.array(chosen, pa.int64()))

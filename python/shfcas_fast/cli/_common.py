@@ -7,15 +7,20 @@ import functools
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TextIO, TypeVar
+from typing import Annotated, Any, Literal, TextIO, TypeVar
 
 import typer
 
-from ..errors import ShfcasError
+from ..errors import ShfcasError, ShfcasValueError
 from ..scoring import Strategy
 from ..tables.columns import NanPolicy
 
 __all__ = [
+    "Engine",
+    "EngineOption",
+    "PartitionsOption",
+    "RayAddressOption",
+    "refuse_with_ray",
     "BudgetOption",
     "CompletionColumnOption",
     "InputArgument",
@@ -76,6 +81,38 @@ ThresholdOption = Annotated[
     ),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed of --strategy random.")]
+Engine = Literal["local", "ray"]
+EngineOption = Annotated[
+    Engine,
+    typer.Option(
+        "--engine",
+        help="local: this process; ray: Ray Data (pip install 'shfcas-fast[ray]'), for data sets larger "
+        "than one machine.",
+        case_sensitive=False,
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="With --engine ray: the cluster to join (e.g. auto); default RAY_ADDRESS, else a local Ray.",
+        show_default=False,
+    ),
+]
+PartitionsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions", min=1, help="With --engine ray: hash partitions of the shuffle (default: by rows).",
+        show_default=False,
+    ),
+]
+
+
+def refuse_with_ray(**given: object) -> None:
+    """Raise a ShfcasValueError naming the first option ``--engine ray`` cannot honour (given a truthy value)."""
+    for option, value in given.items():
+        if value:
+            raise ShfcasValueError(f"--{option.replace('_', '-')} is not supported with --engine ray")
 
 _MAX_MESSAGE_CHARS = 400
 # Optional packages and the extra that installs each (a command that imports one names the extra
@@ -83,6 +120,7 @@ _MAX_MESSAGE_CHARS = 400
 _EXTRA_OF_PACKAGE = {
     "torch": "gpu",
     "triton": "gpu",
+    "ray": "ray",
     "trl": "trl",
     "transformers": "trl",
     "datasets": "trl",

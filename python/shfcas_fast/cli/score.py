@@ -22,6 +22,10 @@ import typer
 from ..tables import score_file
 from ..tables.score import DEFAULT_BATCH_BYTES
 from ._common import (
+    EngineOption,
+    PartitionsOption,
+    RayAddressOption,
+    refuse_with_ray,
     InputArgument,
     NanPolicyOption,
     OutputOption,
@@ -72,6 +76,9 @@ def score_command(
             "batch size.",
         ),
     ] = False,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    partitions: PartitionsOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -80,6 +87,22 @@ def score_command(
     The output holds the input's columns plus z_logprob, z_reward, pacs and the prompt's
     group_conflict, kendall_tau, kendall_distance and degenerate flag, in the input's row order.
     """
+    if engine == "ray":
+        refuse_with_ray(grouped=grouped, batch_size=batch_size, nan_policy=nan_policy != "raise")
+        from .. import ray as ray_engine
+
+        ray_engine.connect(ray_address)
+        ray_summary = ray_engine.score_file(
+            input_path,
+            output,
+            prompt_column=prompt_column,
+            logprob_column=logprob_column,
+            reward_column=reward_column,
+            num_partitions=partitions,
+            overwrite=overwrite,
+        )
+        echo_summary(ray_summary, output, quiet=quiet)
+        return
     summary = score_file(
         input_path,
         output,

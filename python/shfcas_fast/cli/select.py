@@ -19,6 +19,10 @@ import typer
 from ..tables import select_file
 from ..tables.select import OutputKind
 from ._common import (
+    EngineOption,
+    PartitionsOption,
+    RayAddressOption,
+    refuse_with_ray,
     BudgetOption,
     OutputOption,
     OverwriteOption,
@@ -55,6 +59,9 @@ def select_command(
         ),
     ] = "rows",
     prompt_column: PromptColumnOption = "prompt",
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    partitions: PartitionsOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -64,6 +71,25 @@ def select_command(
     output row has its prompt's selection_rank (0 = selected first, i.e. highest conflict); rows
     keep the scored file's order.
     """
+    if engine == "ray":
+        # Ray scores on the way: SCORED may be the scored file or the raw completions.
+        refuse_with_ray(as_prompts=kind == "prompts")
+        from .. import ray as ray_engine
+
+        ray_engine.connect(ray_address)
+        ray_summary = ray_engine.select_file(
+            scored_path,
+            output,
+            strategy=strategy,
+            budget=budget,
+            threshold=threshold,
+            seed=seed,
+            prompt_column=prompt_column,
+            num_partitions=partitions,
+            overwrite=overwrite,
+        )
+        echo_summary(ray_summary, output, quiet=quiet)
+        return
     summary = select_file(
         scored_path,
         output,
