@@ -1,5 +1,6 @@
 """The SHF-CAS loop on TRL: sampling, oracles, preference pairs, reward-model and policy refinement,
-evaluation, a conflict-monitoring callback, and the embedded synthetic biased-proxy experiment.
+evaluation, a conflict-monitoring callback, and the embedded synthetic safety task (the experiment on
+it is :mod:`shfcas_fast.experiments`).
 
 Example:
 ```python

@@ -20,11 +20,12 @@ True
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ShfcasValueError
-from ..io import atomic_output
 
 __all__ = ["claim_output_dir", "write_text_atomic"]
 
@@ -32,8 +33,15 @@ __all__ = ["claim_output_dir", "write_text_atomic"]
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file renamed into place: a crash leaves the old file
     or the new one, never half of it."""
-    with atomic_output(path, overwrite=True) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+    path = Path(path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as temporary:
+            temporary.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def claim_output_dir(output_dir: Path, config: dict[str, Any], cosmetic: Sequence[str] = ()) -> None:
