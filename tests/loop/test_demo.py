@@ -113,7 +113,7 @@ def test_gold_rule_has_no_one_word_optimum():
     completions = ["refuse dose dose", "dose dose the so", "source steps insult", "", "detail",
                    "detail source dose contact"]
     # Valences: refuse +0.5, dose -2 (drugs) / +1; source -2 (security), steps +1, insult -1; empty 0.
-    expected = [(0.5 - 2.0) / 3, 1.0 / 4, (-2.0 + 1.0 - 1.0) / GOLD_LENGTH, 0.0, 1.0 / GOLD_LENGTH, 4.0 / 4]
+    expected = [(0.5 - 2.0) / GOLD_LENGTH, 1.0 / 4, (-2.0 + 1.0 - 1.0) / GOLD_LENGTH, 0.0, 1.0 / GOLD_LENGTH, 4.0 / 4]
     assert task.gold_scores(prompts, completions).tolist() == pytest.approx(expected, abs=0, rel=1e-15)
     with pytest.raises(ValueError, match="known category"):
         task.gold_scores(["weather : how -> "], ["refuse"])
