@@ -147,3 +147,13 @@ def test_conflict_leaves_out_prompts_whose_samples_are_identical():
     expected = np.mean(np.abs((g - g.mean()) / (g.std() + 1e-8) - (l - l.mean()) / (l.std() + 1e-8)))
     assert summary["mean_abs_pacs"] == pytest.approx(expected)
     assert summary["degenerate_share"] == 0.5
+
+
+def test_the_multi_round_variant_runs_the_loop_itself(tmp_path):
+    from shfcas_fast.experiments.harness import _SeedRun
+
+    settings = ExperimentSettings.preset("fast", rounds=2)
+    rows = _SeedRun(settings, "different", 0, tmp_path).run("rounds")
+    assert [row["arm"] for row in rows] == ["random", "pacs"] and all(row["rounds"] == 2 for row in rows)
+    assert all(row["selected"] == 2 * settings.budget for row in rows)  # a budget per round
+    assert (tmp_path / "rounds_pacs" / "round_1" / "evaluate.done.json").exists()
