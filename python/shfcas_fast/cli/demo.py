@@ -49,6 +49,7 @@ def demo(
     no_curve: bool = typer.Option(False, "--no-budget-curve", help="Skip the budget curve."),
     report_to: str = typer.Option("none", "--report-to", help="TRL/transformers report_to of every trainer."),
     jobs: int = typer.Option(2, "--jobs", min=1, help="Seeds run at once, one CPU thread each (keep 1 on a GPU)."),
+    fast: bool = typer.Option(False, "--fast", hidden=True, help="Same as --preset fast."),
     markdown: Path = typer.Option(
         None, "--markdown", help="Also write the report here (e.g. docs/demo_results.md), plots beside it."
     ),
@@ -66,7 +67,9 @@ def demo(
     transformers.utils.logging.disable_progress_bar()
 
     if output.exists() and not output.is_dir():
-        raise ShfcasValueError(f"{output} is a file; -o/--output names the run directory")
+        raise ShfcasValueError(f"{output} is a file; -o/--output names the report directory")
+    if fast:
+        preset = PresetName.FAST
     overrides: dict = {"report_to": report_to}
     for name, value in (("num_seeds", seeds), ("budget", budget), ("rounds", rounds)):
         if value is not None:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 from trl import DPOConfig, GRPOConfig, RewardConfig
 
-from ..scoring import ConflictScores, score, select
+from ..scoring import score, select
 from ..loop.evaluation import evaluate_policy
 from ..loop.loop import SHFCASConfig, SHFCASLoop
 from ..loop.oracles import CallableOracle, RewardModelOracle
