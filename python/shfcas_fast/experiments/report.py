@@ -175,14 +175,16 @@ def summarise(rows: Sequence[dict], settings: ExperimentSettings) -> dict[str, A
         if settings.rounds > 1 and variant == settings.variants[0]:
             multi_round = {key: _paired(rows, variant, "pacs", "random", key, budget, settings.rounds)
                            for key in ENDPOINTS}
+        gates = _gates(rows, variant, budget)
         summary["variants"][variant] = {
-            "gates": _gates(rows, variant, budget),
+            "gates": gates,
+            "gates_passed": all(gate["passed"] for gate in gates),
             "arms": aggregates,
             "comparisons": comparisons,
             "budget_curve": curve,
             "multi_round": multi_round,
         }
-    summary["gates_passed"] = all(gate["passed"] for gate in summary["variants"][settings.variants[0]]["gates"])
+    summary["gates_passed"] = all(result["gates_passed"] for result in summary["variants"].values())
     return summary
 
 
@@ -210,11 +212,15 @@ def gate_lines(summary: dict[str, Any]) -> list[str]:
             if gate.get("absolute_loss"):
                 detail += f"; absolute change there {_ci(gate['absolute_loss'])}"
             lines.append(f"[{verdict}] {variant}: {gate['gate']} - {detail}")
-    first = next(iter(summary["variants"]))
-    if not summary["gates_passed"]:
-        lines.append(f"A GATE FAILED in the {first!r} variant: this testbed cannot tell good selection from bad, so "
-                     "the comparisons below are not evidence for or against SHF-CAS.")
+    for variant, result in summary["variants"].items():
+        if not result["gates_passed"]:
+            lines.append(_failed(variant))
     return lines
+
+
+def _failed(variant: str) -> str:
+    return (f"A GATE FAILED in the {variant!r} variant: there this testbed cannot tell good selection from bad, so "
+            "its comparisons are not evidence for or against SHF-CAS.")
 
 
 def render_markdown(summary: dict[str, Any], command: str, plots: Sequence[str] = ()) -> str:
@@ -247,11 +253,11 @@ def render_markdown(summary: dict[str, Any], command: str, plots: Sequence[str] 
                     measured += f" (absolute change in proxy-blind categories: {loss['mean']:+.3f} {_ci(loss)})"
             out.append(f"| {variant} | {gate['gate']} | {measured} | {'pass' if gate['passed'] else '**FAIL**'} |")
     out.append("")
-    if not summary["gates_passed"]:
-        out += ["**A gate failed: at these settings the testbed cannot tell good selection from bad, and the "
-                "comparisons below are not evidence for or against SHF-CAS.**", ""]
+    out += [f"**{_failed(variant)}**\n" for variant, result in summary["variants"].items() if not result["gates_passed"]]
     for variant, result in summary["variants"].items():
         out += [f"## Variant `{variant}`", ""]
+        if not result["gates_passed"]:
+            out += ["*Gates failed in this variant: the comparisons below are not evidence either way.*", ""]
         primary = result["comparisons"].get(TREATMENT)
         if primary:
             out += [
@@ -277,8 +283,9 @@ def render_markdown(summary: dict[str, Any], command: str, plots: Sequence[str] 
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, a in result["arms"].items():
+            title = ARM_TITLES.get(arm, arm).replace("|", "\\|")  # a bare pipe would end the table cell
             out.append(
-                f"| {ARM_TITLES.get(arm, arm)} | {_cell(a['gold'])} | {_cell(a['proxy_blind_gold'])} | "
+                f"| {title} | {_cell(a['gold'])} | {_cell(a['proxy_blind_gold'])} | "
                 f"{_cell(a['rm_agreement'])} | {_cell(a['best_of_n_gold'])} | {_cell(a['conflict_vs_gold'])} | "
                 f"{_cell(a['degenerate_prompt_share'], 2)} | {a['collapse_rate']:.0%} | "
                 f"{'-' if a['selected'] is None else format(a['selected']['mean'], '.1f')} | "
