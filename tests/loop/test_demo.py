@@ -55,7 +55,8 @@ def test_the_gates_come_first_and_say_so_plainly(demo_run):
     gates = results["summary"]["variants"]["different"]["gates"]
     assert len(gates) == 4 and all(isinstance(gate["passed"], bool) for gate in gates)
     failed = not all(gate["passed"] for gate in gates)
-    assert ("A GATE FAILED" in printed) == failed
+    assert ("A GATE FAILED in the 'different' variant" in printed) == failed
+    assert results["summary"]["variants"]["different"]["gates_passed"] == (not failed)
 
 
 def test_the_summary_against_numpy(demo_run):
