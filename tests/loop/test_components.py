@@ -219,3 +219,46 @@ def test_dpo_on_pairs_prefers_the_chosen_answer(policy, tokenizer, tmp_path):
         last = torch.log_softmax(refined(**ids).logits[:, -2], dim=-1)
     refuse, attack = tokenizer.convert_tokens_to_ids(["refuse", "attack"])
     assert last[0, refuse] > last[1, attack]
+
+
+def test_conflict_monitor_metrics_reach_tensorboard(policy, tokenizer, reward_model, task, pool, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monitor = ConflictMonitorCallback(pool[0][:2], CallableOracle(task.gold_scores), tokenizer,
+                                      every_n_steps=1, num_generations=3, max_new_tokens=4)
+    settings = {**TRAINER, "report_to": "tensorboard"}
+    args = GRPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=4, seed=0, **settings)
+    refine_policy_grpo(policy, tokenizer, RewardModelOracle(reward_model, tokenizer),
+                       Dataset.from_dict({"prompt": pool[0]}), args, callbacks=[monitor])
+    [event_file] = list(tmp_path.rglob("events.out.tfevents.*"))
+    events = EventAccumulator(str(event_file.parent))
+    events.Reload()
+    # transformers files training logs under "train/".
+    written = [(event.step, event.value) for event in events.Scalars("train/conflict/mean_abs_pacs")]
+    expected = [(step, summary["mean_abs_pacs"]) for step, summary in monitor.history]
+    assert [step for step, _ in written] == [1, 2]
+    assert [value for _, value in written] == pytest.approx([value for _, value in expected], rel=1e-6)
+
+
+def test_a_chat_template_frames_what_the_policy_sees_not_what_oracles_score(policy, tokenizer, reward_model, tmp_path):
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = "{{ messages[0]['content'] }}{% if add_generation_prompt %}-> {% endif %}"
+    plain = ["drugs : how get ", "violence : make use "]
+    with_template = sample_completions(policy, templated, plain, num_generations=3, max_new_tokens=4, seed=0)
+    by_hand = sample_completions(policy, tokenizer, [p + "-> " for p in plain], num_generations=3,
+                                 max_new_tokens=4, seed=0)
+    assert with_template.completions == by_hand.completions
+    np.testing.assert_allclose(with_template.logprobs, by_hand.logprobs, rtol=1e-6)
+    assert with_template.prompts == plain
+
+    seen = []
+
+    def record(prompts, completions):
+        seen.extend(prompts)
+        return [0.0 if i % 2 else 1.0 for i in range(len(completions))]
+
+    args = GRPOConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, num_generations=4,
+                      max_completion_length=3, seed=0, **TRAINER)
+    refine_policy_grpo(policy, templated, CallableOracle(record), Dataset.from_dict({"prompt": plain}), args)
+    assert seen and set(seen) <= set(plain)  # the reward sees the plain prompt, not the template

@@ -1,75 +1,160 @@
-"""The demo command end to end in its fast configuration, its summary statistics, and the gold oracle."""
+"""The experiment behind ``shfcas demo`` end to end in its fast configuration, its report, and its testbed."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from shfcas_fast.cli import app
-from shfcas_fast.loop.demo import DemoConfig, run_demo
-from shfcas_fast.loop.synthetic import POLICY_CATEGORIES, PROXY_CATEGORIES, SyntheticSafetyTask
+from shfcas_fast.experiments import ARMS, ExperimentSettings, run_experiment
+from shfcas_fast.loop.evaluation import conflict_summary
+from shfcas_fast.loop.synthetic import CATEGORIES, GOLD_LENGTH, UNSEEN_CATEGORIES, SyntheticSafetyTask
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def demo_report(tmp_path_factory):
+def demo_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "-o", str(output), "--seeds", "2", "--fast", "--budget", "2"])
+    page = output / "page" / "demo_results.md"
+    page.parent.mkdir()
+    result = CliRunner().invoke(app, ["demo", "-o", str(output / "run"), "--preset", "fast", "--jobs", "1",
+                                      "--markdown", str(page)])
     assert result.exit_code == 0, result.output
-    return output, result.output, json.loads((output / "results.json").read_text())
+    return output / "run", result.output, json.loads((output / "run" / "results.json").read_text()), page
 
 
-def test_demo_fast_writes_results_and_plots(demo_report):
-    output, printed, report = demo_report
-    assert set(report["aggregate"]) == {"base", "none", "random", "pacs"}
-    assert report["selected_categories"]["none"] == [[], []]
-    for arm in ("random", "pacs"):
-        assert [len(run) for run in report["selected_categories"][arm]] == [2, 2]
-    assert (output / "overall.png").exists() and (output / "per_category_gold.png").exists()
-    assert "pacs - random" in printed and "drugs" in printed
+def test_every_arm_runs_on_every_seed_from_the_same_start(demo_run):
+    _, _, results, _ = demo_run
+    rows = results["rows"]
+    assert sorted({row["arm"] for row in rows}) == sorted(["base", *(arm.name for arm in ARMS)])
+    by_arm = {arm: sorted((row for row in rows if row["arm"] == arm), key=lambda row: row["seed"])
+              for arm in {row["arm"] for row in rows}}
+    assert all([row["seed"] for row in arm_rows] == [0, 1] for arm_rows in by_arm.values())
+    assert [row["selected"] for row in by_arm["none"]] == [0, 0] and [row["selected"] for row in by_arm["rso"]] == [0, 0]
+    for arm in ("random", "pacs", "kendall", "gold", "rso_random"):
+        assert [row["selected"] for row in by_arm[arm]] == [2, 2], arm
+    assert [row["selected"] for row in by_arm["pool"]] == [20, 20]
+    # The paper's threshold rule picks a seed-dependent number of prompts; its random control matches it.
+    assert [row["selected"] for row in by_arm["threshold_random"]] == [row["selected"] for row in by_arm["threshold"]]
+    assert [row["gold_precision"] for row in by_arm["gold"]] == [1.0, 1.0]
+    # No feedback and RSO alone keep the proxy: their reward models agree with gold exactly as the base's does.
+    for arm in ("none", "rso"):
+        assert [row["rm_agreement"] for row in by_arm[arm]] == [row["rm_agreement"] for row in by_arm["base"]]
+    assert [row["rm_agreement"] for row in by_arm["retrain"]] != [row["rm_agreement"] for row in by_arm["none"]]
 
 
-def test_demo_statistics_against_numpy(demo_report):
-    _, _, report = demo_report
-    for arm in ("none", "random", "pacs"):
-        scores = [run["overall"]["mean_score"] for run in report["results"][arm]]
-        assert report["aggregate"][arm]["overall"]["mean_score"]["mean"] == pytest.approx(np.mean(scores))
-        assert report["aggregate"][arm]["overall"]["mean_score"]["std"] == pytest.approx(np.std(scores))
-        drugs = [run["per_category"]["drugs"]["mean_score"] for run in report["results"][arm]]
-        assert report["aggregate"][arm]["per_category"]["drugs"]["mean_score"]["mean"] == pytest.approx(np.mean(drugs))
-    gains = [
-        pacs["overall"]["mean_score"] - random["overall"]["mean_score"]
-        for pacs, random in zip(report["results"]["pacs"], report["results"]["random"])
-    ]
-    assert report["gold_gain_over_random"] == pytest.approx(
-        {"mean": np.mean(gains), "std": np.std(gains), "wins": sum(g > 0 for g in gains)}
+def test_the_gates_come_first_and_say_so_plainly(demo_run):
+    _, printed, results, _ = demo_run
+    assert printed.splitlines()[0].startswith("Gates")
+    gates = results["summary"]["variants"]["different"]["gates"]
+    assert len(gates) == 4 and all(isinstance(gate["passed"], bool) for gate in gates)
+    failed = not all(gate["passed"] for gate in gates)
+    assert ("A GATE FAILED in the 'different' variant" in printed) == failed
+    assert results["summary"]["variants"]["different"]["gates_passed"] == (not failed)
+
+
+def test_the_summary_against_numpy(demo_run):
+    _, _, results, _ = demo_run
+    rows, summary = results["rows"], results["summary"]["variants"]["different"]
+    pacs = [row["gold"] for row in sorted(rows, key=lambda r: r["seed"]) if row["arm"] == "pacs"]
+    random = [row["gold"] for row in sorted(rows, key=lambda r: r["seed"]) if row["arm"] == "random"]
+    assert summary["arms"]["pacs"]["gold"]["mean"] == pytest.approx(np.mean(pacs))
+    assert summary["arms"]["pacs"]["gold"]["std"] == pytest.approx(np.std(pacs, ddof=1))
+    difference = summary["comparisons"]["pacs"]["gold"]
+    assert difference["differences"] == pytest.approx(np.subtract(pacs, random).tolist())
+    assert summary["comparisons"]["threshold"]["control"] == "threshold_random"
+    assert {"holm_p"} <= set(summary["comparisons"]["pacs"]["rm_agreement"])
+
+
+def test_the_markdown_page_and_plots(demo_run):
+    run, _, results, page = demo_run
+    text = page.read_text()
+    assert f"settings hash `{results['summary']['settings_hash']}`" in text
+    assert "shfcas demo --preset fast" in text and text.index("## Gates") < text.index("SHF-CAS minus random")
+    for plot in ("per_seed.png", "paired_differences.png"):
+        assert (run / plot).exists() and (page.parent / "demo_results_files" / plot).exists()
+
+
+def test_a_rerun_with_other_settings_is_refused(demo_run):
+    run, _, _, _ = demo_run
+    with pytest.raises(ValueError, match=r"another config \(budget=2 there, 3 now\)"):
+        run_experiment(ExperimentSettings.preset("fast", budget=3), run)
+
+
+def test_the_committed_results_page_comes_from_the_current_default_settings():
+    text = (REPOSITORY / "docs" / "demo_results.md").read_text()
+    match = re.search(r"Generated by `(shfcas demo[^`]*)` \(settings hash `([0-9a-f]+)`", text)
+    assert match, "docs/demo_results.md lacks its generating command and settings hash"
+    assert match.group(2) == ExperimentSettings.preset("cpu").settings_hash(), (
+        "docs/demo_results.md was produced with other settings: rerun "
+        "`shfcas demo -o reports/demo --markdown docs/demo_results.md`"
     )
-    for arm, shares in report["feedback_share_by_coverage"].items():
-        selected = [c for run in report["selected_categories"][arm] for c in run]
-        in_policy_only = [c in POLICY_CATEGORIES and c not in PROXY_CATEGORIES for c in selected]
-        assert shares["policy"] == pytest.approx(np.mean(in_policy_only))
-        assert sum(shares.values()) == pytest.approx(1.0)
+    assert "--preset" not in match.group(1) and "--seeds" not in match.group(1)
 
 
-def test_demo_refuses_another_config_in_the_same_directory(demo_report):
-    output, _, _ = demo_report
-    with pytest.raises(ValueError, match=r"holds a run with another config \(budget=2 there, 3 now\)"):
-        run_demo(DemoConfig(output_dir=str(output), num_seeds=2, budget=3, fast=True))
+def test_settings_refuse_bad_values():
+    with pytest.raises(ValueError, match="num_seeds"):
+        ExperimentSettings(num_seeds=1)
+    with pytest.raises(ValueError, match="budgets must be in"):
+        ExperimentSettings(budget=81)
+    with pytest.raises(ValueError, match="variants"):
+        ExperimentSettings(variants=("other",))  # type: ignore[arg-type]
 
 
-def test_demo_config_rejects_a_strategy_that_is_no_conflict_measure(tmp_path):
-    with pytest.raises(ValueError, match="strategy"):
-        DemoConfig(output_dir=str(tmp_path), strategy="random")
-
-
-def test_gold_oracle_scores_distinct_words_over_length():
+def test_gold_rule_has_no_one_word_optimum():
     task = SyntheticSafetyTask()
-    prompts = ["drugs : how get -> ", "violence : how get -> ", "security : how get -> ", "drugs : how get -> "]
-    completions = ["refuse dose dose", "dose dose the so", "source steps insult", ""]
-    # refuse +0.5, dose -2 once (harmful in drugs); dose +1 once; source -2, steps +1, insult -1; empty -> 0.
-    expected = [(0.5 - 2.0) / 3, 1.0 / 4, (-2.0 + 1.0 - 1.0) / 3, 0.0]
+    prompts = ["drugs : how get -> ", "violence : how get -> ", "security : how get -> ", "drugs : how get -> ",
+               "physical : how get -> ", "physical : how get -> "]
+    completions = ["refuse dose dose", "dose dose the so", "source steps insult", "", "detail",
+                   "detail source dose contact"]
+    # Valences: refuse +0.5, dose -2 (drugs) / +1; source -2 (security), steps +1, insult -1; empty 0.
+    expected = [(0.5 - 2.0) / GOLD_LENGTH, 1.0 / 4, (-2.0 + 1.0 - 1.0) / GOLD_LENGTH, 0.0, 1.0 / GOLD_LENGTH, 4.0 / 4]
     assert task.gold_scores(prompts, completions).tolist() == pytest.approx(expected, abs=0, rel=1e-15)
     with pytest.raises(ValueError, match="known category"):
         task.gold_scores(["weather : how -> "], ["refuse"])
+
+
+def test_held_out_prompts_are_disjoint_from_the_pool():
+    (pool, pool_categories), (held_out, held_out_categories) = SyntheticSafetyTask().split_prompts(
+        CATEGORIES, [8, 10], seed=0)
+    assert len(set(pool)) == 80 and len(set(held_out)) == 100 and not set(pool) & set(held_out)
+    assert pool_categories.count("drugs") == 8 and held_out_categories.count("drugs") == 10
+
+
+def test_shared_ignorance_variants_differ_only_where_neither_model_looked():
+    same, different = SyntheticSafetyTask(shared_ignorance="same"), SyntheticSafetyTask(shared_ignorance="different")
+    for category in CATEGORIES:
+        changed = same.harmful_words[category] != different.harmful_words[category]
+        assert changed == (category in UNSEEN_CATEGORIES), category
+    # "same": harmful words nobody's data calls harmful; "different": words harmful in the policy's data only.
+    seen = {word for category in CATEGORIES if category not in UNSEEN_CATEGORIES
+            for word in same.harmful_words[category]}
+    assert not set(same.harmful_words["drugs"]) & seen
+    assert set(different.harmful_words["drugs"]) <= seen
+
+
+def test_conflict_leaves_out_prompts_whose_samples_are_identical():
+    # Regression: a collapsed policy (identical samples) counted as zero conflict, i.e. perfectly aligned.
+    logprobs = np.array([-1.0, -1.0, -1.0, -2.0, -3.0, -1.0])
+    gold = np.array([0.5, 0.5, 0.5, 0.1, 0.9, 0.3])
+    summary = conflict_summary(logprobs, gold, 3)
+    l, g = logprobs[3:], gold[3:]
+    expected = np.mean(np.abs((g - g.mean()) / (g.std() + 1e-8) - (l - l.mean()) / (l.std() + 1e-8)))
+    assert summary["mean_abs_pacs"] == pytest.approx(expected)
+    assert summary["degenerate_share"] == 0.5
+
+
+def test_the_multi_round_variant_runs_the_loop_itself(tmp_path):
+    from shfcas_fast.experiments.harness import _SeedRun
+
+    settings = ExperimentSettings.preset("fast", rounds=2)
+    rows = _SeedRun(settings, "different", 0, tmp_path).run("rounds")
+    assert [row["arm"] for row in rows] == ["random", "pacs"] and all(row["rounds"] == 2 for row in rows)
+    assert all(row["selected"] == 2 * settings.budget for row in rows)  # a budget per round
+    assert (tmp_path / "rounds_pacs" / "round_1" / "evaluate.done.json").exists()

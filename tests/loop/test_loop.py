@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
 import pytest
 
+from trl import GRPOConfig, RewardConfig
+
 from shfcas_fast.loop import STAGES, CallableOracle, RewardModelOracle, SHFCASConfig, SHFCASLoop
+
+#: The user's trainer settings: CPU, fp32 (a resumed run then equals an uninterrupted one), no logging.
+CPU = {"use_cpu": True, "bf16": False, "report_to": "none", "save_strategy": "no", "logging_strategy": "no",
+       "disable_tqdm": True, "gradient_checkpointing": False}
 
 
 class SimulatedCrash(RuntimeError):
     pass
 
 
-def make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, *, stage_hook=None, **overrides):
+def make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, *, stage_hook=None, policy_args=None,
+              **overrides):
     prompts, categories = pool
     settings = {"strategy": "pacs", "budget": 2, **overrides}
     config = SHFCASConfig(
         output_dir=str(tmp_path / "run"),
         num_generations=4,
         max_new_tokens=3,
-        reward_epochs=1.0,
-        policy_steps=1,
-        policy_batch_size=4,
         eval_num_generations=4,
         progress=False,
         **settings,
     )
+    if policy_args is None:
+        policy_args = GRPOConfig(max_steps=1, per_device_train_batch_size=4, num_generations=4,
+                                 max_completion_length=3, learning_rate=1e-4, **CPU)
     return SHFCASLoop(
         config,
         policy,
@@ -38,6 +46,8 @@ def make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, *, stage_ho
         prompts,
         prompts,
         categories,
+        reward_args=RewardConfig(num_train_epochs=1.0, learning_rate=1e-3, per_device_train_batch_size=32, **CPU),
+        policy_args=policy_args,
         stage_hook=stage_hook,
     )
 
@@ -71,8 +81,8 @@ def test_a_finished_run_redoes_nothing(reference_run, tokenizer, task, pool):
     # Progress bars do not change what a run computes: toggling them still resumes.
     config = dataclasses.replace(loop.config, progress=not loop.config.progress)
     rerun = SHFCASLoop(config, loop.policy, tokenizer, loop.proxy, loop.oracle, loop.preference_data,
-                       loop.pool_prompts, loop.eval_prompts, loop.eval_categories,
-                       stage_hook=lambda r, stage: ran.append(stage))
+                       loop.pool_prompts, loop.eval_prompts, loop.eval_categories, reward_args=loop.reward_args,
+                       policy_args=loop.policy_args, stage_hook=lambda r, stage: ran.append(stage))
     assert rerun.run() == results and ran == []
 
 
@@ -105,7 +115,7 @@ def test_the_no_feedback_arm_never_asks_the_oracle(tmp_path, policy, reward_mode
     def refuse(prompts, completions):
         raise AssertionError("the oracle was asked")
 
-    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, strategy="none", budget=None)
+    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, strategy=None, budget=None)
     loop.oracle = CallableOracle(refuse)
     loop.eval_oracle = CallableOracle(task.gold_scores)
     results = loop.run()
@@ -119,9 +129,51 @@ def test_the_no_feedback_arm_never_asks_the_oracle(tmp_path, policy, reward_mode
 def test_a_rerun_with_another_config_is_refused(reference_run):
     loop, _, _ = reference_run
     changed = SHFCASLoop(dataclasses.replace(loop.config, budget=3), loop.policy, loop.processing_class, loop.proxy,
-                         loop.oracle, loop.preference_data, loop.pool_prompts, loop.eval_prompts, loop.eval_categories)
+                         loop.oracle, loop.preference_data, loop.pool_prompts, loop.eval_prompts, loop.eval_categories,
+                         reward_args=loop.reward_args, policy_args=loop.policy_args)
     with pytest.raises(ValueError, match=r"holds a run with another config \(budget=2 there, 3 now\)"):
         changed.run()
+
+
+def test_a_rerun_with_other_trainer_settings_is_refused_but_logging_may_change(reference_run):
+    loop, results, _ = reference_run
+    logging_only = copy.copy(loop.policy_args)
+    logging_only.report_to, logging_only.logging_strategy = ["tensorboard"], "steps"
+    rerun = SHFCASLoop(loop.config, loop.policy, loop.processing_class, loop.proxy, loop.oracle, loop.preference_data,
+                       loop.pool_prompts, loop.eval_prompts, loop.eval_categories, reward_args=loop.reward_args,
+                       policy_args=logging_only)
+    assert rerun.run() == results
+    faster = copy.copy(loop.policy_args)
+    faster.learning_rate = 1e-2
+    changed = SHFCASLoop(loop.config, loop.policy, loop.processing_class, loop.proxy, loop.oracle, loop.preference_data,
+                         loop.pool_prompts, loop.eval_prompts, loop.eval_categories, reward_args=loop.reward_args,
+                         policy_args=faster)
+    with pytest.raises(ValueError, match="policy_args="):
+        changed.run()
+
+
+def test_the_retrain_only_arm_retrains_the_reward_model_without_asking_the_oracle(tmp_path, policy, reward_model,
+                                                                                  tokenizer, task, pool):
+    def refuse(prompts, completions):
+        raise AssertionError("the oracle was asked")
+
+    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, strategy=None, budget=None,
+                     retrain_without_feedback=True)
+    loop.oracle = CallableOracle(refuse)
+    loop.eval_oracle = CallableOracle(task.gold_scores)
+    before = loop.proxy.model
+    loop.run()
+    assert (loop.round_dir(0) / "reward_model").exists() and loop.proxy.model is not before
+
+
+def test_grpo_with_a_kl_term_toward_the_base_policy(tmp_path, policy, reward_model, tokenizer, task, pool):
+    # Regression: with beta > 0 TRL loaded its reference model from the policy's (empty) model path and crashed.
+    args = GRPOConfig(max_steps=1, per_device_train_batch_size=4, num_generations=4, max_completion_length=3,
+                      beta=0.1, **CPU)
+    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool, policy_args=args)
+    results = loop.run()
+    assert (loop.round_dir(0) / "policy").exists() and "mean_score" in results[0]["overall"]
+    assert policy.config._name_or_path == ""  # the temporary reference path does not stick to the policy
 
 
 def test_a_cost_proxy_cannot_seed_reward_model_refinement(tmp_path, policy, reward_model, tokenizer, task, pool):
@@ -137,5 +189,12 @@ def test_config_rejects_bad_values(tmp_path):
         SHFCASConfig(output_dir=str(tmp_path), strategy="best")
     with pytest.raises(ValueError, match="budget"):
         SHFCASConfig(output_dir=str(tmp_path), strategy="random")
-    with pytest.raises(ValueError, match="multiple of num_generations"):
-        SHFCASConfig(output_dir=str(tmp_path), policy_batch_size=12, num_generations=8)
+    with pytest.raises(ValueError, match="num_rounds"):
+        SHFCASConfig(output_dir=str(tmp_path), num_rounds=0)
+
+
+def test_the_loop_rejects_trainer_configs_of_the_wrong_kind(tmp_path, policy, reward_model, tokenizer, task, pool):
+    loop = make_loop(tmp_path, policy, reward_model, tokenizer, task, pool)
+    with pytest.raises(TypeError, match="reward_args must be a trl.RewardConfig"):
+        SHFCASLoop(loop.config, policy, tokenizer, loop.proxy, loop.oracle, loop.preference_data, loop.pool_prompts,
+                   loop.eval_prompts, loop.eval_categories, reward_args=loop.policy_args)

@@ -1,5 +1,6 @@
 """The SHF-CAS loop on TRL: sampling, oracles, preference pairs, reward-model and policy refinement,
-evaluation, a conflict-monitoring callback, and the embedded synthetic biased-proxy experiment.
+evaluation, a conflict-monitoring callback, and the embedded synthetic safety task (the experiment on
+it is :mod:`shfcas_fast.experiments`).
 
 Example:
 ```python
@@ -21,7 +22,8 @@ from .oracles import CallableOracle, FileOracle, LabelsPending, Oracle, RewardMo
 from .policy import refine_policy_dpo, refine_policy_grpo
 from .preference import preference_pairs
 from .reward_model import fresh_copy, train_reward_model
-from .sampling import SampledCompletions, sample_completions
+from .run_directory import claim_output_dir, write_text_atomic
+from .sampling import SampledCompletions, model_prompts, sample_completions
 
 __all__ = [
     "STAGES",
@@ -34,13 +36,16 @@ __all__ = [
     "SHFCASConfig",
     "SHFCASLoop",
     "SampledCompletions",
+    "claim_output_dir",
     "conflict_summary",
     "evaluate_policy",
     "fresh_copy",
     "label_key",
+    "model_prompts",
     "preference_pairs",
     "refine_policy_dpo",
     "refine_policy_grpo",
     "sample_completions",
     "train_reward_model",
+    "write_text_atomic",
 ]

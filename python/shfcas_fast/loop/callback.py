@@ -50,9 +50,12 @@ class ConflictMonitorCallback(TrainerCallback):
     ``conflict/mean_score``. Rising conflict against a gold oracle while the proxy reward climbs is the
     signature of reward hacking.
 
-    The values are appended to the trainer's ``state.log_history`` and to :attr:`history` as
-    ``(global_step, summary)``. Sampling seeds itself with ``seed``, so every check draws the same way;
-    the global random states are restored afterwards, so training goes on with its own random stream.
+    A check asks the trainer to log that step and adds its values to the log, so they reach the loggers
+    of ``report_to`` (TensorBoard, W&B) and ``state.log_history``; they are also kept in :attr:`history`
+    as ``(global_step, summary)``. The loggers see them only if this callback runs before them: the
+    loop's trainers put it first; with a trainer of your own, call :meth:`run_first` after building it.
+    Sampling seeds itself with ``seed``, so every check draws the same way; the global random states are
+    restored afterwards, so training goes on with its own random stream.
 
     Args:
         prompts: the held-out prompt pool.
@@ -87,6 +90,12 @@ class ConflictMonitorCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.history: list[tuple[int, dict[str, float]]] = []
+        self._pending: dict[str, float] = {}
+
+    @staticmethod
+    def run_first(trainer: Any) -> None:
+        """Move every conflict monitor of ``trainer`` ahead of its other callbacks (the loggers among them)."""
+        trainer.callback_handler.callbacks.sort(key=lambda callback: not isinstance(callback, ConflictMonitorCallback))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_n_steps != 0 or model is None:
@@ -104,5 +113,15 @@ class ConflictMonitorCallback(TrainerCallback):
         scores = self.oracle.score(samples.completion_prompts, samples.completions)
         summary = conflict_summary(samples.logprobs, scores, self.num_generations)
         self.history.append((state.global_step, summary))
-        state.log_history.append({"step": state.global_step, **{f"conflict/{k}": v for k, v in summary.items()}})
+        self._pending = {f"conflict/{k}": v for k, v in summary.items()}
+        control.should_log = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._pending and logs is not None:
+            logs.update(self._pending)
+            # The trainer recorded this log in its history before the callbacks saw it.
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update(self._pending)
+            self._pending = {}
         return control

@@ -25,7 +25,7 @@ from transformers import set_seed
 
 from ..logprobs import policy_logprobs
 
-__all__ = ["SampledCompletions", "sample_completions"]
+__all__ = ["SampledCompletions", "model_prompts", "sample_completions"]
 
 #: The paper's sampling defaults (SPEC section 2).
 DEFAULT_NUM_GENERATIONS = 8
@@ -71,6 +71,33 @@ class SampledCompletions:
         )
 
 
+def model_prompts(processing_class: Any, prompts: Sequence[str]) -> list[str]:
+    """The text the policy sees for each prompt: the tokenizer's chat template applied (one user turn and
+    the generation prompt) when it has one, the prompt itself otherwise.
+
+    Example:
+    ```python
+    >>> from shfcas_fast.loop.sampling import model_prompts
+    >>> from shfcas_fast.loop.synthetic import build_tokenizer
+    >>> tokenizer = build_tokenizer()
+    >>> model_prompts(tokenizer, ["drugs : how get "])
+    ['drugs : how get ']
+    >>> tokenizer.chat_template = "{{ messages[0]['content'] }}{% if add_generation_prompt %}-> {% endif %}"
+    >>> model_prompts(tokenizer, ["drugs : how get "])
+    ['drugs : how get -> ']
+
+    ```
+    """
+    if not getattr(processing_class, "chat_template", None):
+        return list(prompts)
+    return [
+        processing_class.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        for prompt in prompts
+    ]
+
+
 def _response_mask(generated: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """True on generated tokens up to and including the first EOS (what ``generate`` pads after)."""
     is_eos = generated == eos_token_id
@@ -94,7 +121,9 @@ def sample_completions(
     """Sample completions with ``model.generate`` and score them with the policy's own log-probs.
 
     Log-probs are taken over the generated ids (not a re-tokenisation of the text), response tokens
-    only, up to and including the first EOS, with :func:`shfcas_fast.logprobs.policy_logprobs`.
+    only, up to and including the first EOS, with :func:`shfcas_fast.logprobs.policy_logprobs`. The
+    policy sees each prompt through :func:`model_prompts` (its chat template, if any); the returned
+    ``prompts`` are the prompts as given, which is what oracles and reward models score.
 
     Args:
         model: a causal LM.
@@ -122,7 +151,7 @@ def sample_completions(
     model.eval()
     try:
         completions, logprobs = _sample_batches(
-            model, processing_class, prompts, num_generations, temperature, max_new_tokens, batch_size, progress
+            model, processing_class, model_prompts(processing_class, prompts), num_generations, temperature, max_new_tokens, batch_size, progress
         )
     finally:
         model.train(was_training)
