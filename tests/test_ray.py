@@ -142,6 +142,7 @@ def test_select_dataset_equals_single_process_with_ties(shards, reference):
     _assert_rows_of(selected, reference, expected)
 
 
+@pytest.mark.slow  # each Ray shuffle costs seconds: CI runs these in a step of their own
 def test_kendall_threshold_selection_equals_single_process(shards, reference):
     expected = _reference_selection(reference, strategy="kendall", threshold=0.6)
     selected = _collect(shfcas_ray.select_dataset(_read(shards), strategy="kendall", threshold=0.6))
@@ -150,6 +151,7 @@ def test_kendall_threshold_selection_equals_single_process(shards, reference):
     _assert_rows_of(selected, reference, expected)
 
 
+@pytest.mark.slow  # each Ray shuffle costs seconds: CI runs these in a step of their own
 def test_random_selection_depends_only_on_the_prompts_and_the_seed(shards, reference):
     first = _collect(shfcas_ray.select_dataset(_read(shards), strategy="random", budget=10, seed=3, num_partitions=3))
     again = _collect(
@@ -177,6 +179,7 @@ def test_random_selection_depends_only_on_the_prompts_and_the_seed(shards, refer
     _assert_rows_of(first, reference, _selected_prompts(first))
 
 
+@pytest.mark.slow  # each Ray shuffle costs seconds: CI runs these in a step of their own
 def test_prompts_sharing_a_hash_are_told_apart(shards, reference):
     # Three bits of hash: 120 prompts share 8 hash values, within blocks and across them.
     columns = shfcas_ray._Columns("prompt", "logprob", "reward", hash_bits=3)
@@ -242,6 +245,7 @@ def test_policy_logprobs_on_cpu_actors(tmp_path):
     np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # each Ray shuffle costs seconds: CI runs these in a step of their own
 def test_integer_prompts_and_per_token_logprobs_equal_single_process(tmp_path):
     rng = np.random.default_rng(3)
     prompts = rng.integers(0, 6, size=40)
@@ -254,6 +258,7 @@ def test_integer_prompts_and_per_token_logprobs_equal_single_process(tmp_path):
     _assert_same_columns(scored.drop_columns(["logprob"]), expected.drop_columns(["logprob"]))
 
 
+@pytest.mark.slow  # each Ray shuffle costs seconds: CI runs these in a step of their own
 def test_a_selection_of_no_prompt_is_empty(shards):
     assert shfcas_ray.select_dataset(_read(shards), threshold=100.0).count() == 0
 

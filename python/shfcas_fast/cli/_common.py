@@ -114,6 +114,7 @@ def refuse_with_ray(**given: object) -> None:
         if value:
             raise ShfcasValueError(f"--{option.replace('_', '-')} is not supported with --engine ray")
 
+
 _MAX_MESSAGE_CHARS = 400
 # Optional packages and the extra that installs each (a command that imports one names the extra
 # instead of showing a traceback when it is missing).
@@ -125,6 +126,8 @@ _EXTRA_OF_PACKAGE = {
     "transformers": "trl",
     "datasets": "trl",
     "accelerate": "trl",
+    "scipy": "demo",
+    "tensorboard": "demo",
 }
 
 Command = TypeVar("Command", bound=Callable[..., Any])
