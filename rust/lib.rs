@@ -16,11 +16,15 @@ pub mod topk;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::pool::PoolError;
 use crate::scoring::Wanted;
+
+// Bad input raises the package's own error type (a ValueError subclass), like the Python checks.
+pyo3::import_exception!(shfcas_fast.errors, ShfcasValueError);
 
 /// A 1-D float array from Python, borrowed without copying.
 #[derive(FromPyObject)]
@@ -38,7 +42,7 @@ enum FloatSlice<'a> {
 
 impl<'py> FloatArray<'py> {
     fn as_slice(&self, name: &str) -> PyResult<FloatSlice<'_>> {
-        let contiguous = |_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array"));
+        let contiguous = |_| ShfcasValueError::new_err(format!("{name} must be a contiguous 1-D array"));
         Ok(match self {
             FloatArray::F64(a) => FloatSlice::F64(a.as_slice().map_err(contiguous)?),
             FloatArray::F32(a) => FloatSlice::F32(a.as_slice().map_err(contiguous)?),
@@ -58,7 +62,7 @@ impl FloatSlice<'_> {
 /// Two equal-length slices of one float type.
 fn same_typed<'a>(x: FloatSlice<'a>, y: FloatSlice<'a>, names: (&str, &str)) -> PyResult<Pair<'a>> {
     if x.len() != y.len() {
-        return Err(PyValueError::new_err(format!(
+        return Err(ShfcasValueError::new_err(format!(
             "{} and {} must have the same length, got {} and {}",
             names.0,
             names.1,
@@ -69,7 +73,7 @@ fn same_typed<'a>(x: FloatSlice<'a>, y: FloatSlice<'a>, names: (&str, &str)) -> 
     match (x, y) {
         (FloatSlice::F64(a), FloatSlice::F64(b)) => Ok(Pair::F64(a, b)),
         (FloatSlice::F32(a), FloatSlice::F32(b)) => Ok(Pair::F32(a, b)),
-        _ => Err(PyValueError::new_err(format!(
+        _ => Err(ShfcasValueError::new_err(format!(
             "{} and {} must have the same dtype",
             names.0, names.1
         ))),
@@ -92,18 +96,22 @@ impl Pair<'_> {
 
 /// Runs `work` without the interpreter, inside the engine's pool, turning panics into errors.
 fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyResult<R> {
-    let outcome = py.detach(|| {
-        let pool = pool::pool()?;
+    py.detach(|| {
+        let pool = pool::pool().map_err(|err| match err {
+            PoolError::BadSetting(message) => ShfcasValueError::new_err(message),
+            PoolError::Start(message) => PyRuntimeError::new_err(message),
+        })?;
         catch_unwind(AssertUnwindSafe(|| pool.install(work))).map_err(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            format!("internal error in the shfcas_fast core (please report it): {message}")
+            PyRuntimeError::new_err(format!(
+                "internal error in the shfcas_fast core (please report it): {message}"
+            ))
         })
-    });
-    outcome.map_err(PyRuntimeError::new_err)
+    })
 }
 
 /// Scores grouped items after checking the two arrays and the offsets.
@@ -117,8 +125,8 @@ fn score_grouped<'py>(
     let pair = same_typed(x.as_slice(names.0)?, y.as_slice(names.1)?, names)?;
     let offsets = offsets
         .as_slice()
-        .map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
-    groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
+        .map_err(|_| ShfcasValueError::new_err("offsets must be contiguous"))?;
+    groups::validate_offsets(offsets, pair.len()).map_err(ShfcasValueError::new_err)?;
     run_detached(py, || match pair {
         Pair::F64(a, b) => scoring::score(a, b, offsets, wanted),
         Pair::F32(a, b) => scoring::score(a, b, offsets, wanted),
@@ -228,9 +236,9 @@ fn stable_group_order<'py>(
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let ids = ids
         .as_slice()
-        .map_err(|_| PyValueError::new_err("ids must be a contiguous 1-D array"))?;
+        .map_err(|_| ShfcasValueError::new_err("ids must be a contiguous 1-D array"))?;
     let order = run_detached(py, || groups::stable_group_order(ids, num_groups))?;
-    Ok(order.map_err(PyValueError::new_err)?.into_pyarray(py))
+    Ok(order.map_err(ShfcasValueError::new_err)?.into_pyarray(py))
 }
 
 /// Worker threads of the engine's pool (`SHFCAS_NUM_THREADS`, default all cores).
