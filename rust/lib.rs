@@ -264,6 +264,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("Z_EPSILON", scoring::Z_EPSILON)?;
     m.add("DEGENERATE_STD", scoring::DEGENERATE_STD)?;
+    m.add("DEGENERATE_RELATIVE_STD", scoring::DEGENERATE_RELATIVE_STD)?;
     m.add_function(wrap_pyfunction!(first_non_finite, m)?)?;
     m.add_function(wrap_pyfunction!(pacs, m)?)?;
     m.add_function(wrap_pyfunction!(score, m)?)?;

@@ -1,7 +1,16 @@
 """The engine's public scoring API: PACS, Kendall tau-b, top-k and conflict-aware selection.
 
 All heavy work runs in the compiled Rust core (``shfcas_fast._core``) with the interpreter released.
-Definitions follow SHF-CAS (Liu et al., 2025), restated in the project's SPEC section 2.
+Definitions follow SHF-CAS (Liu et al., 2025): per prompt, z-scores of the log-probs ``l`` and the
+rewards ``r`` with the population standard deviation, ``z = (v - mean) / (std + 1e-8)``;
+``PACS = z_r - z_l``; the prompt's conflict is ``mean |PACS|``; Kendall's tau-b between ``l`` and
+``r``. A prompt is *degenerate* (its PACS and conflict are 0 and it is never selected) when it has
+fewer than two completions, or when the log-probs or the rewards have no usable spread: for ``n``
+values, ``std < 1e-6``, or ``std <= n * 2.2e-16 * |mean|`` (float64's epsilon): a spread that small
+is within the rounding error of the computed mean, so a constant prompt counts as constant at any
+magnitude. Below ``|mean| = 1e-6 / (n * 2.2e-16)`` (5.6e8 for 8 completions) only the first rule
+matters. Moments are taken in float64 on values scaled by a power of two where needed, so every
+finite input, up to 1.8e308, gives the right z-scores.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ class PromptScores:
 
     ``group_conflict`` (mean |PACS|), ``kendall_tau`` (tau-b, NaN where scipy gives NaN),
     ``kendall_distance`` ((1 - tau_b) / 2) and ``degenerate`` (fewer than two completions, or a
-    log-prob or reward standard deviation below 1e-6), each of length ``g``.
+    log-prob or reward standard deviation ``std`` of ``n`` values with ``std < 1e-6`` or
+    ``std <= n * 2.2e-16 * |mean|``, the rounding error of their mean), each of length ``g``.
     """
 
     group_conflict: np.ndarray
