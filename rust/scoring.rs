@@ -283,7 +283,11 @@ mod tests {
                 let r: Vec<f64> = (0..n).map(|i| i as f64).collect();
                 let s = score(&vec![value; n], &r, &[0, n as i64], Wanted::ALL);
                 assert!(s.degenerate[0], "{value} x {n}");
-                assert!(s.z_logprob.iter().all(|&z| z == 0.0), "{value} x {n}: {:?}", s.z_logprob);
+                assert!(
+                    s.z_logprob.iter().all(|&z| z == 0.0),
+                    "{value} x {n}: {:?}",
+                    s.z_logprob
+                );
             }
         }
     }
@@ -301,7 +305,11 @@ mod tests {
             let std = (unit.iter().map(|u| (u - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
             for (k, u) in unit.iter().enumerate() {
                 let z = s.z_logprob[4 * g + k];
-                assert!((z - (u - mean) / std).abs() < 1e-12, "group {g}: {z} vs {}", (u - mean) / std);
+                assert!(
+                    (z - (u - mean) / std).abs() < 1e-12,
+                    "group {g}: {z} vs {}",
+                    (u - mean) / std
+                );
             }
             assert!(!s.degenerate[g] && s.group_conflict[g].is_finite());
         }
