@@ -36,10 +36,13 @@ def sizes_of(group_sizes: int | np.ndarray, n: int) -> np.ndarray:
 
 
 def scipy_tau(x: np.ndarray, y: np.ndarray) -> float:
-    """``scipy.stats.kendalltau(x, y).statistic`` as a float, NaN where scipy gives NaN."""
+    """``scipy.stats.kendalltau(x, y).statistic`` as a float, NaN where scipy gives NaN.
+
+    scipy ranks the values in their own dtype: int64 exactly (not uint64 above 2**63: it gives NaN).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on constant and too-short inputs
-        return float(stats.kendalltau(np.asarray(x, np.float64), np.asarray(y, np.float64)).statistic)
+        return float(stats.kendalltau(np.asarray(x), np.asarray(y)).statistic)
 
 
 def grouped_scipy_tau(x: np.ndarray, y: np.ndarray, group_sizes: int | np.ndarray) -> np.ndarray:

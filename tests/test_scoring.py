@@ -279,6 +279,37 @@ class TestSelect:
             impl.select(scores, strategy="random")
 
 
+def test_kendall_ranks_integers_beyond_2_to_the_53_exactly(impl):
+    x = [2**53, 2**53 + 1, 2**53 + 2]
+    assert impl.kendall_tau(x, [1, 2, 3]) == reference.scipy_tau(x, [1, 2, 3])
+    assert impl.kendall_distance(x, [1, 2, 3]) == (1.0 - reference.scipy_tau(x, [1, 2, 3])) / 2.0
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["int64", "uint64"])
+def test_grouped_and_global_kendall_of_large_integers_match_scipy(impl, rng, signed):
+    # Values a few units apart near 2^62 or 2^64 - 1: float64 would merge most of them into ties.
+    sizes = np.array([3, 8, 60, 1, 0, 20], dtype=np.int64)
+    offsets = rng.integers(0, 40, size=(2, int(sizes.sum())))
+    if signed:
+        x, y = (2**62 + offsets).astype(np.int64)
+        x[:10] = -(2**62) + offsets[0, :10]  # and far below -2^53
+        as_int64 = x, y
+    else:
+        x, y = np.uint64(2**64 - 100) + offsets.astype(np.uint64)
+        # scipy gives NaN on uint64 above 2^63: compare with it on int64 of the same order.
+        as_int64 = tuple((v ^ np.uint64(1 << 63)).view(np.int64) for v in (x, y))
+    np.testing.assert_allclose(
+        impl.kendall_tau(x, y, sizes), reference.grouped_scipy_tau(*as_int64, sizes), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        impl.kendall_distance(torch.from_numpy(as_int64[0]), as_int64[1], sizes),
+        (1.0 - reference.grouped_scipy_tau(*as_int64, sizes)) / 2.0,
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert impl.kendall_tau(x, y) == pytest.approx(reference.scipy_tau(*as_int64), rel=1e-12)
+
+
 # Small integer ranges make ties, all-tied groups and degenerate groups frequent.
 group_sizes_strategy = st.lists(st.integers(0, 9), min_size=0, max_size=12)
 

@@ -46,11 +46,15 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
         raise ShfcasTypeError(f"{name} must be a 1-D numeric array: {err}") from None
 
 
-def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray:
+def as_float_vector(value: Any, name: str, *, finite: bool = True, exact_order: bool = False) -> np.ndarray:
     """Coerce ``value`` to a contiguous 1-D float32 or float64 array.
 
     float32 and float64 inputs are kept as they are (zero-copy when contiguous); integer and float16
     inputs are converted to float64; bool, complex, string and object inputs are refused.
+
+    With ``exact_order`` (for rank statistics such as Kendall's tau), integers beyond +-2**53, which
+    float64 would round and so make ties of distinct values, are replaced by their dense ranks
+    (0, 1, 2, ... in order of value, equal values equal): the order and the ties stay exact.
     """
     array = _to_numpy(value, name)
     kind = array.dtype.kind
@@ -62,6 +66,8 @@ def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray
         raise ShfcasTypeError(f"{name} must be numeric, got dtype {array.dtype}")
     if array.ndim != 1:
         raise ShfcasValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+    if exact_order and kind in "iu" and array.size and (array.max() > 2**53 or array.min() < -(2**53)):
+        array = np.unique(array, return_inverse=True)[1].reshape(-1)
     if array.dtype not in (np.float32, np.float64):
         array = array.astype(np.float64)
     array = np.ascontiguousarray(array)
@@ -80,11 +86,11 @@ def check_finite(array: np.ndarray, name: str) -> None:
 
 
 def as_float_pair(
-    x: Any, y: Any, x_name: str, y_name: str
+    x: Any, y: Any, x_name: str, y_name: str, *, exact_order: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Coerce two equal-length vectors to one common float dtype."""
-    xa = as_float_vector(x, x_name)
-    ya = as_float_vector(y, y_name)
+    """Coerce two equal-length vectors to one common float dtype (``exact_order``: see :func:`as_float_vector`)."""
+    xa = as_float_vector(x, x_name, exact_order=exact_order)
+    ya = as_float_vector(y, y_name, exact_order=exact_order)
     if xa.shape[0] != ya.shape[0]:
         raise ShfcasValueError(
             f"{x_name} and {y_name} must have the same length, got {xa.shape[0]} and {ya.shape[0]}"

@@ -74,7 +74,7 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None) -> Any:
     Same contract as :func:`shfcas_fast.kendall_tau`: without ``group_sizes`` an O(n log n) merge
     count over all items; with them, float64 ``[g]``, NaN where scipy gives NaN.
     """
-    xa, ya = as_float_pair(x, y, "x", "y")
+    xa, ya = as_float_pair(x, y, "x", "y", exact_order=True)
     if group_sizes is None:
         return _global_tau(torch.from_numpy(xa), torch.from_numpy(ya))
     offsets = group_offsets(group_sizes, xa.shape[0])

@@ -122,8 +122,9 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None) -> Any:
 
     Without ``group_sizes``: one float over all ``n`` items in O(n log n), NaN when either vector is
     constant or shorter than 2. With ``group_sizes``: float64 ``[g]``, one tau-b per group.
+    Integer inputs are ranked exactly, also beyond 2**53 where float64 would tie distinct values.
     """
-    xa, ya = as_float_pair(x, y, "x", "y")
+    xa, ya = as_float_pair(x, y, "x", "y", exact_order=True)
     if group_sizes is None:
         return float(_core.kendall_tau(xa, ya))
     offsets = group_offsets(group_sizes, xa.shape[0])
