@@ -14,10 +14,12 @@ import numpy as np
 from . import _core
 from .errors import ShfcasTypeError, ShfcasValueError
 
-__all__ = ["as_count", "as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
+__all__ = ["as_count", "as_seed", "as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
 
 
 _NUMPY_FLOAT_TENSORS = {"torch.float16", "torch.float32", "torch.float64"}
+#: The largest count the core takes (its index type is 64-bit).
+_LARGEST_COUNT = 2**63 - 1
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -34,10 +36,15 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
                 f"{name} is a torch tensor on {value.device}; move it to the CPU first "
                 f"(the GPU path is shfcas_fast.score_logits)"
             )
+        if str(value.layout) != "torch.strided":
+            raise ShfcasTypeError(f"{name} is a {value.layout} torch tensor; pass a dense one (tensor.to_dense())")
         value = value.detach()
         if value.dtype.is_floating_point and str(value.dtype) not in _NUMPY_FLOAT_TENSORS:
             value = value.float()  # bfloat16 and float8 have no numpy dtype
-        return value.resolve_conj().resolve_neg().numpy()
+        try:
+            return value.resolve_conj().resolve_neg().numpy()
+        except (RuntimeError, TypeError) as err:  # quantized, nested and other tensors numpy cannot view
+            raise ShfcasTypeError(f"{name} cannot be read as an array ({err}); pass a dense CPU tensor of real numbers") from None
     if isinstance(value, (str, bytes)):
         raise ShfcasTypeError(f"{name} must be a 1-D numeric array, got {type(value).__name__}")
     try:
@@ -135,9 +142,23 @@ def group_offsets(group_sizes: Any, n: int, name: str = "group_sizes") -> np.nda
 
 
 def as_count(value: Any, name: str) -> int:
-    """Check that ``value`` is a non-negative int (``k``, ``budget``) and return it."""
+    """Check that ``value`` is an int in [0, 2**63 - 1] (``k``, ``budget``) and return it."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ShfcasTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ShfcasValueError(f"{name} must be >= 0, got {value}")
+    if value > _LARGEST_COUNT:
+        raise ShfcasValueError(
+            f"{name} must be at most 2**63 - 1, got a {int(value).bit_length()}-bit integer; "
+            f"any count at least the number of candidates takes them all"
+        )
+    return int(value)
+
+
+def as_seed(value: Any, name: str = "seed") -> int:
+    """Check that ``value`` is a non-negative int (of any size) for ``numpy.random.default_rng`` and return it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ShfcasTypeError(f"{name} must be a non-negative int, got {type(value).__name__}")
+    if value < 0:
+        raise ShfcasValueError(f"{name} must be a non-negative int, got {value}")
     return int(value)

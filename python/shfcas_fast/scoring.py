@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _core
 from .errors import ShfcasTypeError, ShfcasValueError
-from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
+from ._validation import as_count, as_float_pair, as_float_vector, as_seed, group_offsets
 
 __all__ = [
     "ConflictScores",
@@ -222,6 +222,10 @@ def select(
     if threshold is not None:
         if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
             raise ShfcasTypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        try:
+            threshold = float(threshold)
+        except OverflowError:
+            raise ShfcasValueError("threshold must be finite, got an int beyond the float range") from None
         if not math.isfinite(threshold):
             raise ShfcasValueError(f"threshold must be finite, got {threshold!r}")
     eligible = ~np.asarray(scores.degenerate, dtype=bool)
@@ -233,7 +237,7 @@ def select(
             raise ShfcasValueError('strategy="random" takes no threshold')
         candidates = np.flatnonzero(eligible)
         take = min(budget, candidates.shape[0])
-        chosen = np.random.default_rng(seed).choice(candidates, size=take, replace=False)
+        chosen = np.random.default_rng(as_seed(seed)).choice(candidates, size=take, replace=False)
         return np.sort(chosen).astype(np.int64)
 
     if strategy == "pacs":
