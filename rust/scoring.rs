@@ -15,10 +15,11 @@ pub const DEGENERATE_STD: f64 = 1e-6;
 /// A prompt of `n` items whose log-prob or reward standard deviation is at most
 /// `n * DEGENERATE_RELATIVE_STD * |mean|` is degenerate too, at any magnitude.
 ///
-/// The computed mean of `n` values is off by up to `n / 2` ulps of their magnitude (`n - 1`
-/// roundings of the sum, one of the division), so a spread that small cannot be told from the
-/// rounding of a constant prompt; the factor 2 to spare keeps a constant prompt of values around 1e9
-/// or more from passing for one with spread. Below `1e-6 / (n * f64::EPSILON)` (5.6e8 for 8 items)
+/// The first computed mean of `n` values is off by up to `(n + 1) / 2` ulps of their magnitude
+/// (`n - 1` roundings of the sum, two of the scaling by `1 / n`), and a constant prompt's computed
+/// standard deviation is exactly that error: a spread this small cannot be told from the rounding
+/// of a constant prompt, and the margin keeps a constant prompt of values around 1e9 or more from
+/// passing for one with spread. Below `1e-6 / (n * f64::EPSILON)` (5.6e8 for 8 items)
 /// the bound is looser than [`DEGENERATE_STD`] and changes nothing.
 pub const DEGENERATE_RELATIVE_STD: f64 = f64::EPSILON;
 
@@ -125,32 +126,41 @@ struct Moments {
 }
 
 impl Moments {
+    #[inline(always)]
     fn of<T: Real>(values: &[T]) -> Moments {
-        if let Some(unscaled) = Moments::scaled_by(values, 1.0) {
-            return unscaled;
-        }
-        // The sum or a square overflowed, so the largest magnitude is a normal float above 2^150:
-        // 2^(400 - its exponent) is a normal float too.
+        Moments::scaled_by(values, 1.0).unwrap_or_else(|| Moments::of_large(values))
+    }
+
+    /// The sum or a square overflowed, so the largest magnitude is a normal float above 2^150:
+    /// 2^(400 - its exponent) is a normal float too.
+    #[cold]
+    #[inline(never)]
+    fn of_large<T: Real>(values: &[T]) -> Moments {
         let max_abs = values.iter().fold(0.0f64, |max_abs, v| max_abs.max(v.to_f64().abs()));
         let exponent = ((max_abs.to_bits() >> 52) & 0x7ff) as i64 - 1023;
         Moments::scaled_by(values, f64::from_bits(((1023 + 400 - exponent) as u64) << 52))
             .expect("no overflow below 2^401")
     }
 
-    /// Corrected two-pass moments: squared deviations from a first mean, which the mean of those
-    /// deviations then corrects (a constant group gets its exact value and zero spread).
-    /// One-pass E[x^2] - E[x]^2 would cancel badly. None when the sum or a square overflows.
+    /// Two passes (mean, then squared deviations; one-pass E[x^2] - E[x]^2 would cancel badly),
+    /// and the mean corrected by the mean deviation, so a constant group gets its exact value (and
+    /// z-scores of exactly 0). The standard deviation keeps the first mean: the correction would
+    /// change it by a relative (correction / std)^2 / 2, nothing outside degenerate groups, at the
+    /// price of a longer dependency chain. None when the sum or a square overflows.
+    #[inline(always)]
     fn scaled_by<T: Real>(values: &[T], scale: f64) -> Option<Moments> {
-        let n = values.len() as f64;
-        let first_mean = values.iter().map(|v| v.to_f64() * scale).sum::<f64>() / n;
+        // Multiplying by 1 / n keeps divisions off the path from the sums to the z-scores; the
+        // corrected mean of a constant group is still exact (the error is far below half an ulp).
+        let inverse_n = 1.0 / values.len() as f64;
+        let first_mean = values.iter().map(|v| v.to_f64() * scale).sum::<f64>() * inverse_n;
         let (deviations, squares) = values.iter().fold((0.0f64, 0.0f64), |(deviations, squares), v| {
             let deviation = v.to_f64() * scale - first_mean;
             (deviations + deviation, squares + deviation * deviation)
         });
         // A finite sum of squares means that no deviation, and so neither the sum, overflowed.
         squares.is_finite().then(|| Moments {
-            mean: first_mean + deviations / n,
-            std: ((squares - deviations * deviations / n).max(0.0) / n).sqrt(),
+            mean: first_mean + deviations * inverse_n,
+            std: (squares * inverse_n).sqrt(),
             scale,
         })
     }

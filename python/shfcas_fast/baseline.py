@@ -196,14 +196,13 @@ def _zscore(values: torch.Tensor, group_id: torch.Tensor, sizes: torch.Tensor) -
     binary_exponent = torch.frexp(max_abs).exponent  # max_abs < 2^binary_exponent
     scale = torch.ldexp(torch.ones_like(max_abs), (401 - binary_exponent).clamp(max=0))
     scaled = values * scale[group_id]
-    # Corrected two passes: squared deviations from a first mean, which the mean deviation then
-    # corrects (a constant group gets its exact value). One-pass E[x^2] - E[x]^2 cancels badly for
-    # log-probs around -300 that differ by less than 1.
+    # Two passes (mean, then squared deviations): one-pass E[x^2] - E[x]^2 cancels badly for
+    # log-probs around -300 that differ by less than 1. The mean deviation then corrects the mean,
+    # so that a constant group gets its exact value and z-scores of 0.
     first_mean = _segment_mean(scaled, group_id, sizes)
     deviation = scaled - first_mean[group_id]
-    correction = _segment_mean(deviation, group_id, sizes)
-    mean = first_mean + correction
-    std = (_segment_mean(deviation.square(), group_id, sizes) - correction.square()).clamp(min=0.0).sqrt()
+    mean = first_mean + _segment_mean(deviation, group_id, sizes)
+    std = _segment_mean(deviation.square(), group_id, sizes).sqrt()
     z = (scaled - mean[group_id]) / (std + _core.Z_EPSILON * scale)[group_id]
     degenerate = (std < _core.DEGENERATE_STD * scale) | (std <= sizes * _core.DEGENERATE_RELATIVE_STD * mean.abs())
     return z, degenerate
