@@ -2,7 +2,8 @@
 //!
 //! Small groups use the O(n^2) pair scan (faster below a few dozen items); larger ones sort by
 //! (x, y) and count discordant pairs as the strict inversions of y with a merge sort, O(n log n),
-//! in parallel. All pair counts are 64-bit.
+//! in parallel. Pair counts are 128-bit: n (n - 1) / 2 exceeds 64 bits from n = 6.1e9 (and the
+//! product n (n - 1) from n = 2^32), so no count of any input that fits in memory can overflow.
 
 use rayon::prelude::*;
 
@@ -17,15 +18,15 @@ const PARALLEL_MIN: usize = 1 << 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PairCounts {
     /// n (n - 1) / 2.
-    pub total: u64,
+    pub total: u128,
     /// Pairs tied in x.
-    pub x_ties: u64,
+    pub x_ties: u128,
     /// Pairs tied in y.
-    pub y_ties: u64,
+    pub y_ties: u128,
     /// Pairs tied in both.
-    pub joint_ties: u64,
+    pub joint_ties: u128,
     /// Pairs ordered oppositely by x and y.
-    pub discordant: u64,
+    pub discordant: u128,
 }
 
 impl PairCounts {
@@ -53,26 +54,31 @@ pub fn tau_b<T: Real>(x: &[T], y: &[T]) -> f64 {
     }
 }
 
-/// O(n^2) pair counts, branch-free (signs of random data are unpredictable).
+/// O(n^2) pair counts, branch-free (signs of random data are unpredictable); for small n.
 pub fn pair_counts_pairwise<T: Real>(x: &[T], y: &[T]) -> PairCounts {
     let n = x.len();
-    let mut counts = PairCounts {
-        total: pairs(n as u64),
-        ..Default::default()
-    };
+    // 64-bit counters in the loop: this path never sees 2^32 items.
+    let (mut x_ties, mut y_ties, mut joint_ties, mut discordant) = (0u64, 0u64, 0u64, 0u64);
     let sign = |d: f64| (d > 0.0) as i32 - (d < 0.0) as i32;
     for i in 0..n {
         let (xi, yi) = (x[i].to_f64(), y[i].to_f64());
         for j in (i + 1)..n {
+            // A difference that overflows to +-inf still has the right sign.
             let sx = sign(xi - x[j].to_f64());
             let sy = sign(yi - y[j].to_f64());
-            counts.x_ties += (sx == 0) as u64;
-            counts.y_ties += (sy == 0) as u64;
-            counts.joint_ties += ((sx | sy) == 0) as u64;
-            counts.discordant += (sx * sy < 0) as u64;
+            x_ties += (sx == 0) as u64;
+            y_ties += (sy == 0) as u64;
+            joint_ties += ((sx | sy) == 0) as u64;
+            discordant += (sx * sy < 0) as u64;
         }
     }
-    counts
+    PairCounts {
+        total: pairs(n as u64),
+        x_ties: x_ties.into(),
+        y_ties: y_ties.into(),
+        joint_ties: joint_ties.into(),
+        discordant: discordant.into(),
+    }
 }
 
 /// O(n log n) pair counts (Knight's algorithm), parallel for large n.
@@ -111,14 +117,15 @@ pub fn pair_counts_sorted<T: Real>(x: &[T], y: &[T]) -> PairCounts {
     }
 }
 
+/// count (count - 1) / 2, exact for every count (the product needs up to 128 bits).
 #[inline]
-fn pairs(count: u64) -> u64 {
-    count * count.saturating_sub(1) / 2
+pub fn pairs(count: u64) -> u128 {
+    u128::from(count) * u128::from(count.saturating_sub(1)) / 2
 }
 
 /// Sum of t (t - 1) / 2 over the runs of equal neighbours of a sorted slice.
-fn tied_pairs<T>(sorted: &[T], equal: impl Fn(&T, &T) -> bool) -> u64 {
-    let mut total = 0u64;
+fn tied_pairs<T>(sorted: &[T], equal: impl Fn(&T, &T) -> bool) -> u128 {
+    let mut total = 0u128;
     let mut run = 1u64;
     for pair in sorted.windows(2) {
         if equal(&pair[0], &pair[1]) {
@@ -137,16 +144,16 @@ fn tied_pairs<T>(sorted: &[T], equal: impl Fn(&T, &T) -> bool) -> u64 {
 /// Sorts `values` ascending and returns the number of pairs i < j with values[i] > values[j].
 ///
 /// `scratch` must be as long as `values`; its contents are overwritten.
-pub fn sort_counting_inversions(values: &mut [u64], scratch: &mut [u64]) -> u64 {
+pub fn sort_counting_inversions(values: &mut [u64], scratch: &mut [u64]) -> u128 {
     sort_counting_into(values, scratch, false)
 }
 
 /// Merge sort that alternates between the two buffers instead of copying back after each merge:
 /// sorts the contents of `values` into `values` (or into `scratch` when `into_scratch`).
-fn sort_counting_into(values: &mut [u64], scratch: &mut [u64], into_scratch: bool) -> u64 {
+fn sort_counting_into(values: &mut [u64], scratch: &mut [u64], into_scratch: bool) -> u128 {
     let n = values.len();
     if n <= 32 {
-        let inversions = insertion_sort_counting(values);
+        let inversions = u128::from(insertion_sort_counting(values));
         if into_scratch {
             scratch.copy_from_slice(values);
         }
@@ -192,9 +199,12 @@ fn insertion_sort_counting(values: &mut [u64]) -> u64 {
 }
 
 /// Merges two sorted runs into `out`, counting pairs (a in left, b in right) with a > b.
-fn merge_counting(left: &[u64], right: &[u64], out: &mut [u64]) -> u64 {
+///
+/// The count reaches left.len() * right.len(), past 64 bits once both runs exceed 2^32 items; the
+/// 128-bit sum is off the loop's critical path (the comparisons and index updates), so it is free.
+fn merge_counting(left: &[u64], right: &[u64], out: &mut [u64]) -> u128 {
     let (mut i, mut j, mut k) = (0, 0, 0);
-    let mut inversions = 0u64;
+    let mut inversions = 0u128;
     let (left_len, right_len) = (left.len(), right.len());
     assert_eq!(out.len(), left_len + right_len);
     // Branch-free (the comparison is unpredictable on random data) and without bounds checks, which
@@ -205,7 +215,7 @@ fn merge_counting(left: &[u64], right: &[u64], out: &mut [u64]) -> u64 {
             let (a, b) = (*left.get_unchecked(i), *right.get_unchecked(j));
             let take_right = b < a;
             *out.get_unchecked_mut(k) = if take_right { b } else { a };
-            inversions += if take_right { (left_len - i) as u64 } else { 0 };
+            inversions += if take_right { (left_len - i) as u128 } else { 0 };
             j += take_right as usize;
             i += !take_right as usize;
             k += 1;
@@ -270,6 +280,51 @@ mod tests {
     }
 
     #[test]
+    fn pair_counts_are_exact_where_64_bit_products_overflow() {
+        // 2^32 + 1 items: n (n - 1) overflows u64 although n (n - 1) / 2 = 2^63 + 2^31 fits.
+        let n = (1u64 << 32) + 1;
+        assert_eq!(pairs(n), (1u128 << 63) + (1u128 << 31));
+        assert!(n.checked_mul(n - 1).is_none());
+        // 6.1e9 items: n (n - 1) / 2 itself is past u64::MAX.
+        let n = 6_100_000_000u64;
+        assert_eq!(pairs(n), 18_604_999_996_950_000_000u128);
+        assert!(pairs(n) > u128::from(u64::MAX));
+        assert_eq!(pairs(1u64 << 40), (1u128 << 79) - (1u128 << 39));
+        assert_eq!((pairs(0), pairs(1), pairs(2), pairs(3)), (0, 0, 1, 3));
+    }
+
+    #[test]
+    fn tau_b_is_exact_from_counts_past_64_bits() {
+        // Synthetic counts of 2^40 items (no array): every count is past u64::MAX.
+        let total = pairs(1u64 << 40);
+        let untied = |discordant| PairCounts {
+            total,
+            discordant,
+            ..Default::default()
+        };
+        // Up to the rounding of scipy's c / sqrt(a) / sqrt(b).
+        let close = |tau: f64, expected: f64| (tau - expected).abs() < 1e-15;
+        assert!(close(untied(0).tau_b(), 1.0));
+        assert!(close(untied(total).tau_b(), -1.0));
+        assert!(close(untied(total / 4).tau_b(), 0.5));
+        // Half the pairs tied in x, a quarter of the rest discordant: tau-b = (1/2 - 2/8) / sqrt(1/2).
+        let tied = PairCounts {
+            total,
+            x_ties: total / 2,
+            discordant: total / 8,
+            ..Default::default()
+        };
+        assert!(close(tied.tau_b(), 0.25 / 0.5f64.sqrt()));
+        assert!(PairCounts {
+            total,
+            x_ties: total,
+            ..Default::default()
+        }
+        .tau_b()
+        .is_nan());
+    }
+
+    #[test]
     fn inversion_count_matches_brute_force() {
         let mut seed = 11;
         for n in [0usize, 1, 5, 31, 32, 33, 100, 70_000] {
@@ -279,10 +334,10 @@ mod tests {
             let counted = sort_counting_inversions(&mut values, &mut scratch);
             assert!(values.windows(2).all(|w| w[0] <= w[1]));
             if n <= 100 {
-                let brute: u64 = (0..n)
+                let brute: u128 = (0..n)
                     .flat_map(|i| ((i + 1)..n).map(move |j| (i, j)))
                     .filter(|&(i, j)| original[i] > original[j])
-                    .count() as u64;
+                    .count() as u128;
                 assert_eq!(counted, brute);
             }
         }

@@ -17,11 +17,15 @@ pub mod topk;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::pool::PoolError;
 use crate::scoring::Wanted;
+
+// Bad input raises the package's own error type (a ValueError subclass), like the Python checks.
+pyo3::import_exception!(shfcas_fast.errors, ShfcasValueError);
 
 /// A 1-D float array from Python, borrowed without copying.
 #[derive(FromPyObject)]
@@ -39,7 +43,7 @@ enum FloatSlice<'a> {
 
 impl<'py> FloatArray<'py> {
     fn as_slice(&self, name: &str) -> PyResult<FloatSlice<'_>> {
-        let contiguous = |_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array"));
+        let contiguous = |_| ShfcasValueError::new_err(format!("{name} must be a contiguous 1-D array"));
         Ok(match self {
             FloatArray::F64(a) => FloatSlice::F64(a.as_slice().map_err(contiguous)?),
             FloatArray::F32(a) => FloatSlice::F32(a.as_slice().map_err(contiguous)?),
@@ -59,7 +63,7 @@ impl FloatSlice<'_> {
 /// Two equal-length slices of one float type.
 fn same_typed<'a>(x: FloatSlice<'a>, y: FloatSlice<'a>, names: (&str, &str)) -> PyResult<Pair<'a>> {
     if x.len() != y.len() {
-        return Err(PyValueError::new_err(format!(
+        return Err(ShfcasValueError::new_err(format!(
             "{} and {} must have the same length, got {} and {}",
             names.0,
             names.1,
@@ -70,7 +74,7 @@ fn same_typed<'a>(x: FloatSlice<'a>, y: FloatSlice<'a>, names: (&str, &str)) -> 
     match (x, y) {
         (FloatSlice::F64(a), FloatSlice::F64(b)) => Ok(Pair::F64(a, b)),
         (FloatSlice::F32(a), FloatSlice::F32(b)) => Ok(Pair::F32(a, b)),
-        _ => Err(PyValueError::new_err(format!(
+        _ => Err(ShfcasValueError::new_err(format!(
             "{} and {} must have the same dtype",
             names.0, names.1
         ))),
@@ -93,18 +97,22 @@ impl Pair<'_> {
 
 /// Runs `work` without the interpreter, inside the engine's pool, turning panics into errors.
 fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyResult<R> {
-    let outcome = py.detach(|| {
-        let pool = pool::pool()?;
+    py.detach(|| {
+        let pool = pool::pool().map_err(|err| match err {
+            PoolError::BadSetting(message) => ShfcasValueError::new_err(message),
+            PoolError::Start(message) => PyRuntimeError::new_err(message),
+        })?;
         catch_unwind(AssertUnwindSafe(|| pool.install(work))).map_err(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            format!("internal error in the shfcas_fast core (please report it): {message}")
+            PyRuntimeError::new_err(format!(
+                "internal error in the shfcas_fast core (please report it): {message}"
+            ))
         })
-    });
-    outcome.map_err(PyRuntimeError::new_err)
+    })
 }
 
 /// Scores grouped items after checking the two arrays and the offsets.
@@ -118,8 +126,8 @@ fn score_grouped<'py>(
     let pair = same_typed(x.as_slice(names.0)?, y.as_slice(names.1)?, names)?;
     let offsets = offsets
         .as_slice()
-        .map_err(|_| PyValueError::new_err("offsets must be contiguous"))?;
-    groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
+        .map_err(|_| ShfcasValueError::new_err("offsets must be contiguous"))?;
+    groups::validate_offsets(offsets, pair.len()).map_err(ShfcasValueError::new_err)?;
     run_detached(py, || match pair {
         Pair::F64(a, b) => scoring::score(a, b, offsets, wanted),
         Pair::F32(a, b) => scoring::score(a, b, offsets, wanted),
@@ -229,9 +237,9 @@ fn stable_group_order<'py>(
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let ids = ids
         .as_slice()
-        .map_err(|_| PyValueError::new_err("ids must be a contiguous 1-D array"))?;
+        .map_err(|_| ShfcasValueError::new_err("ids must be a contiguous 1-D array"))?;
     let order = run_detached(py, || groups::stable_group_order(ids, num_groups))?;
-    Ok(order.map_err(PyValueError::new_err)?.into_pyarray(py))
+    Ok(order.map_err(ShfcasValueError::new_err)?.into_pyarray(py))
 }
 
 /// Integer prompt keys, borrowed without copying.
@@ -261,12 +269,12 @@ type GroupingArrays<'py> = (
 fn contiguous_slice<'a, T: numpy::Element>(array: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     array
         .as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))
+        .map_err(|_| ShfcasValueError::new_err(format!("{name} must be a contiguous 1-D array")))
 }
 
 /// Groups rows by key without the interpreter and returns the grouping as numpy arrays.
 fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
-    let grouping = run_detached(py, || keys::group_keys(&keys, hash_mask))?.map_err(PyValueError::new_err)?;
+    let grouping = run_detached(py, || keys::group_keys(&keys, hash_mask))?.map_err(ShfcasValueError::new_err)?;
     Ok((
         grouping.order.into_pyarray(py),
         grouping.sizes.into_pyarray(py),
@@ -347,13 +355,13 @@ fn reorder_and_score<'py>(
     let order = contiguous_slice(order, "order")?;
     let offsets = contiguous_slice(offsets, "offsets")?;
     if order.len() != pair.len() {
-        return Err(PyValueError::new_err(format!(
+        return Err(ShfcasValueError::new_err(format!(
             "the row order has {} rows but there are {} items",
             order.len(),
             pair.len()
         )));
     }
-    groups::validate_offsets(offsets, pair.len()).map_err(PyValueError::new_err)?;
+    groups::validate_offsets(offsets, pair.len()).map_err(ShfcasValueError::new_err)?;
     let scores = run_detached(py, || {
         groups::check_permutation(order)?;
         let mut s = match pair {
@@ -369,7 +377,7 @@ fn reorder_and_score<'py>(
         groups::scatter_columns(&mut [&mut s.z_logprob, &mut s.z_reward, &mut s.pacs], order);
         Ok::<_, String>(s)
     })?;
-    scores.map_err(PyValueError::new_err)
+    scores.map_err(ShfcasValueError::new_err)
 }
 
 /// Signed PACS of every item, rows grouped by `order`; in row order.
@@ -463,6 +471,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("Z_EPSILON", scoring::Z_EPSILON)?;
     m.add("DEGENERATE_STD", scoring::DEGENERATE_STD)?;
+    m.add("DEGENERATE_RELATIVE_STD", scoring::DEGENERATE_RELATIVE_STD)?;
     m.add_function(wrap_pyfunction!(first_non_finite, m)?)?;
     m.add_function(wrap_pyfunction!(pacs, m)?)?;
     m.add_function(wrap_pyfunction!(score, m)?)?;

@@ -1,4 +1,8 @@
-//! PACS, per-prompt z-scores, prompt conflict and per-prompt Kendall tau-b (SPEC section 2).
+//! PACS, per-prompt z-scores, prompt conflict and per-prompt Kendall tau-b.
+//!
+//! Per prompt: z = (v - mean) / (std + 1e-8) with the population std, PACS = z_r - z_l, conflict =
+//! mean |PACS|; a prompt is degenerate (PACS and conflict 0) with fewer than two items or a log-prob
+//! or reward spread below [`DEGENERATE_STD`] or [`DEGENERATE_RELATIVE_STD`].
 
 use crate::groups::{for_each_group_range, GroupOutputs};
 use crate::kendall;
@@ -8,6 +12,16 @@ use crate::real::Real;
 pub const Z_EPSILON: f64 = 1e-8;
 /// A prompt whose log-prob or reward standard deviation is below this is degenerate.
 pub const DEGENERATE_STD: f64 = 1e-6;
+/// A prompt of `n` items whose log-prob or reward standard deviation is at most
+/// `n * DEGENERATE_RELATIVE_STD * |mean|` is degenerate too, at any magnitude.
+///
+/// The first computed mean of `n` values is off by up to `(n + 1) / 2` ulps of their magnitude
+/// (`n - 1` roundings of the sum, two of the scaling by `1 / n`), and a constant prompt's computed
+/// standard deviation is exactly that error: a spread this small cannot be told from the rounding
+/// of a constant prompt, and the margin keeps a constant prompt of values around 1e9 or more from
+/// passing for one with spread. Below `1e-6 / (n * f64::EPSILON)` (5.6e8 for 8 items)
+/// the bound is looser than [`DEGENERATE_STD`] and changes nothing.
+pub const DEGENERATE_RELATIVE_STD: f64 = f64::EPSILON;
 
 /// Which outputs [`score`] computes.
 #[derive(Clone, Copy)]
@@ -102,11 +116,65 @@ impl GroupOutputs for ScoreOutputs<'_> {
     }
 }
 
-fn mean_and_std<T: Real>(values: &[T]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = values.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
-    (mean, var.sqrt())
+/// Mean and population standard deviation of one group, both multiplied by `scale`: 1, or for
+/// values too large to sum or square a power of two (so scaling is exact) that brings the largest
+/// magnitude to [2^400, 2^401), where sums and squares of any number of values stay finite.
+struct Moments {
+    mean: f64,
+    std: f64,
+    scale: f64,
+}
+
+impl Moments {
+    #[inline(always)]
+    fn of<T: Real>(values: &[T]) -> Moments {
+        Moments::scaled_by(values, 1.0).unwrap_or_else(|| Moments::of_large(values))
+    }
+
+    /// The sum or a square overflowed, so the largest magnitude is a normal float above 2^150:
+    /// 2^(400 - its exponent) is a normal float too.
+    #[cold]
+    #[inline(never)]
+    fn of_large<T: Real>(values: &[T]) -> Moments {
+        let max_abs = values.iter().fold(0.0f64, |max_abs, v| max_abs.max(v.to_f64().abs()));
+        let exponent = ((max_abs.to_bits() >> 52) & 0x7ff) as i64 - 1023;
+        Moments::scaled_by(values, f64::from_bits(((1023 + 400 - exponent) as u64) << 52))
+            .expect("no overflow below 2^401")
+    }
+
+    /// Two passes (mean, then squared deviations; one-pass E[x^2] - E[x]^2 would cancel badly),
+    /// and the mean corrected by the mean deviation, so a constant group gets its exact value (and
+    /// z-scores of exactly 0). The standard deviation keeps the first mean: the correction would
+    /// change it by a relative (correction / std)^2 / 2, nothing outside degenerate groups, at the
+    /// price of a longer dependency chain. None when the sum or a square overflows.
+    #[inline(always)]
+    fn scaled_by<T: Real>(values: &[T], scale: f64) -> Option<Moments> {
+        // Multiplying by 1 / n keeps divisions off the path from the sums to the z-scores; the
+        // corrected mean of a constant group is still exact (the error is far below half an ulp).
+        let inverse_n = 1.0 / values.len() as f64;
+        let first_mean = values.iter().map(|v| v.to_f64() * scale).sum::<f64>() * inverse_n;
+        let (deviations, squares) = values.iter().fold((0.0f64, 0.0f64), |(deviations, squares), v| {
+            let deviation = v.to_f64() * scale - first_mean;
+            (deviations + deviation, squares + deviation * deviation)
+        });
+        // A finite sum of squares means that no deviation, and so neither the sum, overflowed.
+        squares.is_finite().then(|| Moments {
+            mean: first_mean + deviations * inverse_n,
+            std: (squares * inverse_n).sqrt(),
+            scale,
+        })
+    }
+
+    /// The degenerate test: [`DEGENERATE_STD`], or [`DEGENERATE_RELATIVE_STD`] for `n` items.
+    fn is_degenerate(&self, n: usize) -> bool {
+        self.std < DEGENERATE_STD * self.scale || self.std <= n as f64 * DEGENERATE_RELATIVE_STD * self.mean.abs()
+    }
+
+    /// z = (value - mean) / (std + Z_EPSILON), in scaled units.
+    fn z_scorer(&self) -> impl Fn(f64) -> f64 {
+        let (scale, mean, inverse) = (self.scale, self.mean, 1.0 / (self.std + Z_EPSILON * self.scale));
+        move |value| (value * scale - mean) * inverse
+    }
 }
 
 /// Scores every group of `offsets` (validated, length g + 1, ending at `logprobs.len()`) into `out`.
@@ -138,14 +206,13 @@ pub fn score_into<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], out: 
                 }
                 continue;
             }
-            let (mean_l, std_l) = mean_and_std(l);
-            let (mean_r, std_r) = mean_and_std(r);
-            let degenerate = std_l < DEGENERATE_STD || std_r < DEGENERATE_STD;
-            let (scale_l, scale_r) = (1.0 / (std_l + Z_EPSILON), 1.0 / (std_r + Z_EPSILON));
+            let (moments_l, moments_r) = (Moments::of(l), Moments::of(r));
+            let degenerate = moments_l.is_degenerate(l.len()) || moments_r.is_degenerate(r.len());
+            let (z_of_l, z_of_r) = (moments_l.z_scorer(), moments_r.z_scorer());
             let mut abs_sum = 0.0;
             for (k, i) in ((start - base)..(end - base)).enumerate() {
-                let z_l = (l[k].to_f64() - mean_l) * scale_l;
-                let z_r = (r[k].to_f64() - mean_r) * scale_r;
+                let z_l = z_of_l(l[k].to_f64());
+                let z_r = z_of_r(r[k].to_f64());
                 let p = if degenerate { 0.0 } else { z_r - z_l };
                 abs_sum += p.abs();
                 if let Some(zl) = out.z_logprob.as_deref_mut() {
@@ -216,6 +283,46 @@ mod tests {
         assert_eq!(&s.group_conflict[..3], &[0.0, 0.0, 0.0]);
         assert!(s.kendall_tau[0].is_nan() && s.kendall_tau[1].is_nan() && s.kendall_tau[2].is_nan());
         assert_eq!(s.kendall_tau[3], 1.0);
+    }
+
+    #[test]
+    fn constant_groups_are_degenerate_with_zero_z_at_any_magnitude() {
+        for exponent in [0, 9, 12, 15, 100, 300, 307] {
+            for n in 2..=20usize {
+                let value = -1.2345678901234567 * 10f64.powi(exponent);
+                let r: Vec<f64> = (0..n).map(|i| i as f64).collect();
+                let s = score(&vec![value; n], &r, &[0, n as i64], Wanted::ALL);
+                assert!(s.degenerate[0], "{value} x {n}");
+                assert!(
+                    s.z_logprob.iter().all(|&z| z == 0.0),
+                    "{value} x {n}: {:?}",
+                    s.z_logprob
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_magnitudes_give_the_z_scores_of_the_scaled_values() {
+        // Unscaled, the sum of the second group and the squares of the first overflow.
+        let l = [1.7e308, -1.7e308, 1e308, 0.0, 1.7e308, 1.75e308, 1.79e308, 1.72e308];
+        let r = [1.0, 2.0, 3.0, 4.0, 4.0, 1.0, 3.0, 2.0];
+        let s = score(&l, &r, &[0, 4, 8], Wanted::ALL);
+        for group in l.chunks(4).enumerate() {
+            let (g, values) = group;
+            let unit: Vec<f64> = values.iter().map(|v| v / 1.79e308).collect();
+            let mean = unit.iter().sum::<f64>() / 4.0;
+            let std = (unit.iter().map(|u| (u - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
+            for (k, u) in unit.iter().enumerate() {
+                let z = s.z_logprob[4 * g + k];
+                assert!(
+                    (z - (u - mean) / std).abs() < 1e-12,
+                    "group {g}: {z} vs {}",
+                    (u - mean) / std
+                );
+            }
+            assert!(!s.degenerate[g] && s.group_conflict[g].is_finite());
+        }
     }
 
     #[test]

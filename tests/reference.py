@@ -1,4 +1,4 @@
-"""Independent reference for the tests: SPEC section 2 transcribed into float64 numpy, one group at a time.
+"""Independent reference for the tests: the scoring definitions transcribed into float64 numpy, one group at a time.
 
 Deliberately naive (a Python loop over groups, ``np.std`` and ``scipy.stats.kendalltau``), so that
 it shares no code and no algorithm with the engine or the baseline.
@@ -14,6 +14,8 @@ from scipy import stats
 
 Z_SCORE_EPS = 1e-8
 DEGENERATE_STD = 1e-6
+# A standard deviation within n * eps * |mean| is the rounding of the mean of n values, not spread.
+DEGENERATE_RELATIVE_STD = np.finfo(np.float64).eps
 
 
 class ReferenceScores(NamedTuple):
@@ -34,10 +36,13 @@ def sizes_of(group_sizes: int | np.ndarray, n: int) -> np.ndarray:
 
 
 def scipy_tau(x: np.ndarray, y: np.ndarray) -> float:
-    """``scipy.stats.kendalltau(x, y).statistic`` as a float, NaN where scipy gives NaN."""
+    """``scipy.stats.kendalltau(x, y).statistic`` as a float, NaN where scipy gives NaN.
+
+    scipy ranks the values in their own dtype: int64 exactly (not uint64 above 2**63: it gives NaN).
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on constant and too-short inputs
-        return float(stats.kendalltau(np.asarray(x, np.float64), np.asarray(y, np.float64)).statistic)
+        return float(stats.kendalltau(np.asarray(x), np.asarray(y)).statistic)
 
 
 def grouped_scipy_tau(x: np.ndarray, y: np.ndarray, group_sizes: int | np.ndarray) -> np.ndarray:
@@ -46,8 +51,22 @@ def grouped_scipy_tau(x: np.ndarray, y: np.ndarray, group_sizes: int | np.ndarra
     return np.array([scipy_tau(x[a:b], y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], dtype=np.float64)
 
 
+def zscore(values: np.ndarray) -> tuple[np.ndarray, bool]:
+    """z-scores of one group and whether its spread is degenerate, computed on ``values / max|values|``.
+
+    Dividing by the largest magnitude first keeps every finite input finite through the mean and
+    the squares (near 1e308 both overflow otherwise); the absolute thresholds are divided likewise.
+    """
+    magnitude = float(np.abs(values).max()) or 1.0
+    unit = values / magnitude
+    mean, std = unit.mean(), unit.std(ddof=0)
+    z = (unit - mean) / (std + Z_SCORE_EPS / magnitude)
+    degenerate = std < DEGENERATE_STD / magnitude or std <= len(values) * DEGENERATE_RELATIVE_STD * abs(mean)
+    return z, bool(degenerate)
+
+
 def score(logprobs: np.ndarray, rewards: np.ndarray, group_sizes: int | np.ndarray) -> ReferenceScores:
-    """SPEC section 2, group by group, in float64."""
+    """Every conflict measure, group by group, in float64."""
     logprobs = np.asarray(logprobs, dtype=np.float64)
     rewards = np.asarray(rewards, dtype=np.float64)
     sizes = sizes_of(group_sizes, len(logprobs))
@@ -63,10 +82,8 @@ def score(logprobs: np.ndarray, rewards: np.ndarray, group_sizes: int | np.ndarr
         if size == 0:
             degenerate[group] = True
             continue
-        l, r = logprobs[items], rewards[items]
-        z_l[items] = (l - l.mean()) / (l.std(ddof=0) + Z_SCORE_EPS)
-        z_r[items] = (r - r.mean()) / (r.std(ddof=0) + Z_SCORE_EPS)
-        degenerate[group] = size < 2 or l.std(ddof=0) < DEGENERATE_STD or r.std(ddof=0) < DEGENERATE_STD
+        (z_l[items], degenerate_l), (z_r[items], degenerate_r) = zscore(logprobs[items]), zscore(rewards[items])
+        degenerate[group] = size < 2 or degenerate_l or degenerate_r
         if not degenerate[group]:
             pacs[items] = z_r[items] - z_l[items]
             conflict[group] = np.abs(pacs[items]).mean()

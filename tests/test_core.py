@@ -41,12 +41,12 @@ def test_thread_count_follows_the_environment():
     assert _run_python(code, SHFCAS_NUM_THREADS="3") == "3"
 
 
-def test_invalid_thread_count_is_a_python_error_not_a_crash():
+def test_invalid_thread_count_is_a_named_user_error_not_a_crash():
     code = (
         "import numpy as np, shfcas_fast\n"
         "try:\n"
         "    shfcas_fast.top_k(np.arange(3.0), 1)\n"
-        "except RuntimeError as err:\n"
+        "except shfcas_fast.ShfcasValueError as err:\n"
         "    print(err)\n"
     )
     assert "SHFCAS_NUM_THREADS" in _run_python(code, SHFCAS_NUM_THREADS="zero")
@@ -94,3 +94,99 @@ def test_the_engine_imports_without_torch_and_loads_the_gpu_api_on_use():
         "print(callable(shfcas_fast.score_logits), 'torch' in sys.modules)\n"
     )
     assert _run_python(code).splitlines() == ["False", "True True"]
+
+
+# Runs in a fresh interpreter (a hang must fail the test, not freeze the test run). Each forked child
+# scores 100k items and exits; the parent kills a child that is not done after CHILD_TIMEOUT seconds.
+_FORK_SCRIPT = r"""
+import os, signal, sys, threading, time
+import numpy as np
+import shfcas_fast
+
+CHILD_TIMEOUT = 5.0
+rng = np.random.default_rng(0)
+logprobs, rewards = rng.normal(size=100_000), rng.normal(size=100_000)
+# float64 numpy transcription of mean |z_r - z_l| per prompt of 8, summed.
+l, r = logprobs.reshape(-1, 8), rewards.reshape(-1, 8)
+z = lambda v: (v - v.mean(1, keepdims=True)) / (v.std(1, keepdims=True) + 1e-8)
+expected = float(np.abs(z(r) - z(l)).mean(1).sum())
+
+
+def fork_and_score():
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            got = float(shfcas_fast.score(logprobs, rewards, 8).group_conflict.sum())
+            code = 0 if abs(got - expected) <= 1e-9 * abs(expected) else 3
+        finally:
+            os._exit(code)
+    give_up = time.monotonic() + CHILD_TIMEOUT
+    while time.monotonic() < give_up:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "ok" if os.waitstatus_to_exitcode(status) == 0 else "wrong"
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+if sys.argv[1] == "during-build":
+    # Fork while another thread is starting the pool's workers (SHFCAS_NUM_THREADS is large, so that
+    # takes milliseconds): the moment the engine's own bookkeeping is busiest.
+    tasks = lambda: len(os.listdir("/proc/self/task"))
+    before = tasks()
+    builder = threading.Thread(target=shfcas_fast.score, args=(logprobs, rewards, 8))
+    builder.start()
+    while tasks() < before + 8:
+        pass
+    print(fork_and_score())
+    builder.join()
+else:
+    # Five threads score 200k and 16 items in a loop while the main thread forks repeatedly.
+    duration = float(sys.argv[2])
+    big, small = rng.normal(size=200_000), rng.normal(size=16)
+    stop = threading.Event()
+
+    def hammer(values):
+        while not stop.is_set():
+            shfcas_fast.score(values, values[::-1].copy(), 8)
+
+    threads = [threading.Thread(target=hammer, args=(v,)) for v in (big, big, small, small, small)]
+    for thread in threads:
+        thread.start()
+    outcomes = []
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        outcomes.append(fork_and_score())
+    stop.set()
+    for thread in threads:
+        thread.join()
+    print(" ".join(f"{o}={outcomes.count(o)}" for o in ("ok", "wrong", "hung")))
+"""
+
+
+def _run_fork_script(*args: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs os.fork and /proc/self/task")
+def test_a_child_forked_while_another_thread_starts_the_pool_does_not_hang():
+    assert _run_fork_script("during-build", SHFCAS_NUM_THREADS="256") == "ok"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs os.fork")
+def test_children_forked_while_five_threads_score_never_hang():
+    outcome = _run_fork_script("race", "2.0")
+    counts = dict(item.split("=") for item in outcome.split())
+    assert counts["hung"] == counts["wrong"] == "0", outcome
+    assert int(counts["ok"]) > 0, outcome

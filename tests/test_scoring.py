@@ -1,4 +1,4 @@
-"""The engine and the baseline (the ``impl`` fixture) against scipy and the float64 transcription of SPEC section 2."""
+"""The engine and the baseline (the ``impl`` fixture) against scipy and the float64 transcription of the definitions."""
 
 from __future__ import annotations
 
@@ -92,6 +92,61 @@ def test_pacs_is_the_pacs_of_score(impl, rng):
 def test_pacs_of_two_items_is_plus_minus_two(impl):
     # z = +-1 exactly for two distinct values, so disagreeing ranks give PACS = +-2.
     np.testing.assert_allclose(impl.pacs(np.array([-3.0, -1.0]), np.array([1.0, 0.0]), 2), [2.0, -2.0], rtol=1e-7)
+
+
+def extreme_case(rng: np.random.Generator, groups: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probs and rewards of magnitude 1e250 to 1.79e308 (a per-group exponent), mixed signs.
+
+    Their sums, squares and differences overflow float64 unless the values are scaled first.
+    """
+
+    def values() -> np.ndarray:
+        magnitude = 10.0 ** rng.uniform(250.0, 308.0, size=(groups, 1))
+        return (rng.uniform(-1.79, 1.79, size=(groups, size)) * magnitude).ravel()
+
+    logprobs, rewards = values(), values()
+    logprobs[:size] = rng.uniform(1.7, 1.79, size=size) * 1e308  # the sum overflows, no square does
+    return logprobs, rewards
+
+
+def test_extreme_magnitudes_match_a_reference_that_scales_first(impl, rng):
+    logprobs, rewards = extreme_case(rng, groups=30, size=8)
+    expected = reference.score(logprobs, rewards, 8)
+    assert not expected.degenerate.any()
+    assert_scores_match(impl.score(logprobs, rewards, 8), expected)
+    np.testing.assert_allclose(impl.pacs(logprobs, rewards, 8), expected.pacs, **TOLERANCE)
+
+
+def test_kendall_at_extreme_magnitudes_matches_scipy(impl, rng):
+    # Groups of 60 take the sorting path of the engine (the score test covers the pairwise one).
+    x, y = extreme_case(rng, groups=5, size=60)
+    np.testing.assert_allclose(impl.kendall_tau(x, y, 60), reference.grouped_scipy_tau(x, y, 60), rtol=1e-12)
+    assert impl.kendall_tau(x, y) == pytest.approx(reference.scipy_tau(x, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("exponent", [6, 9, 12, 15, 50, 300])
+def test_constant_prompts_are_degenerate_at_any_magnitude(impl, rng, exponent):
+    # Each prompt holds one value repeated; rounding its mean must not look like spread.
+    sizes = np.arange(2, 21, dtype=np.int64)
+    constant = np.repeat(rng.uniform(-9.9, 9.9, size=sizes.shape[0]) * 10.0**exponent, sizes)
+    varying = rng.normal(size=constant.shape[0])
+    for logprobs, rewards in [(constant, varying), (varying, constant)]:
+        scores = impl.score(logprobs, rewards, sizes)
+        expected = reference.score(logprobs, rewards, sizes)
+        assert expected.degenerate.all()
+        assert_scores_match(scores, expected)
+        assert len(impl.select(scores, budget=5)) == 0
+
+
+def test_the_degenerate_rule_is_std_below_1e_6_at_ordinary_magnitudes(impl):
+    # Population std 0.9e-6, 1.1e-6 and 2^-19 (1.9e-6, around 1000: exact in float64, so the
+    # z-scores are too); the bound relative to |mean| is far below 1e-6 here.
+    spread = np.array([-1.0, 1.0, -1.0, 1.0])
+    logprobs = np.concatenate([0.9e-6 * spread, 1.1e-6 * spread, 1e3 + 2.0**-19 * spread])
+    rewards = np.tile([0.0, 1.0, 2.0, 3.0], 3)
+    scores = impl.score(logprobs, rewards, 4)
+    np.testing.assert_array_equal(scores.degenerate, [True, False, False])
+    assert_scores_match(scores, reference.score(logprobs, rewards, 4))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -228,6 +283,37 @@ class TestSelect:
     def test_random_without_budget_is_refused(self, impl, scores):
         with pytest.raises(ValueError, match='strategy="random" needs a budget'):
             impl.select(scores, strategy="random")
+
+
+def test_kendall_ranks_integers_beyond_2_to_the_53_exactly(impl):
+    x = [2**53, 2**53 + 1, 2**53 + 2]
+    assert impl.kendall_tau(x, [1, 2, 3]) == reference.scipy_tau(x, [1, 2, 3])
+    assert impl.kendall_distance(x, [1, 2, 3]) == (1.0 - reference.scipy_tau(x, [1, 2, 3])) / 2.0
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["int64", "uint64"])
+def test_grouped_and_global_kendall_of_large_integers_match_scipy(impl, rng, signed):
+    # Values a few units apart near 2^62 or 2^64 - 1: float64 would merge most of them into ties.
+    sizes = np.array([3, 8, 60, 1, 0, 20], dtype=np.int64)
+    offsets = rng.integers(0, 40, size=(2, int(sizes.sum())))
+    if signed:
+        x, y = (2**62 + offsets).astype(np.int64)
+        x[:10] = -(2**62) + offsets[0, :10]  # and far below -2^53
+        as_int64 = x, y
+    else:
+        x, y = np.uint64(2**64 - 100) + offsets.astype(np.uint64)
+        # scipy gives NaN on uint64 above 2^63: compare with it on int64 of the same order.
+        as_int64 = tuple((v ^ np.uint64(1 << 63)).view(np.int64) for v in (x, y))
+    np.testing.assert_allclose(
+        impl.kendall_tau(x, y, sizes), reference.grouped_scipy_tau(*as_int64, sizes), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        impl.kendall_distance(torch.from_numpy(as_int64[0]), as_int64[1], sizes),
+        (1.0 - reference.grouped_scipy_tau(*as_int64, sizes)) / 2.0,
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert impl.kendall_tau(x, y) == pytest.approx(reference.scipy_tau(*as_int64), rel=1e-12)
 
 
 # Small integer ranges make ties, all-tied groups and degenerate groups frequent.

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from shfcas_fast import _validation
+from shfcas_fast import _core, _validation
+from shfcas_fast.errors import ShfcasError, ShfcasTypeError, ShfcasValueError
 
 GOOD = np.linspace(-1.0, 1.0, 20)
 
@@ -106,6 +107,11 @@ class TestTopKInputs:
         with pytest.raises(TypeError, match="k must be an int"):
             impl.top_k(GOOD, k)
 
+    @pytest.mark.parametrize("k", [2**63, 10**30, np.uint64(2**64 - 1)])
+    def test_k_beyond_64_bits_is_named(self, impl, k):
+        with pytest.raises(ShfcasValueError, match=r"k must be at most 2\*\*63 - 1, got a \d+-bit integer"):
+            impl.top_k(GOOD, k)
+
     def test_scores_must_be_1d_real(self, impl):
         with pytest.raises(ValueError, match=r"scores must be 1-D, got shape \(4, 5\)"):
             impl.top_k(GOOD.reshape(4, 5), 2)
@@ -135,11 +141,36 @@ class TestSelectInputs:
             ({"strategy": "entropy"}, ValueError, "strategy must be \"pacs\", \"kendall\" or \"random\", got 'entropy'"),
             ({"strategy": "random"}, ValueError, 'strategy="random" needs a budget'),
             ({"strategy": "random", "budget": 1, "threshold": 1.0}, ValueError, 'strategy="random" takes no threshold'),
+            ({"budget": 10**30}, ValueError, r"budget must be at most 2\*\*63 - 1, got a 100-bit integer"),
+            ({"threshold": 10**400}, ValueError, "threshold must be finite, got an int beyond the float range"),
+            ({"strategy": "random", "budget": 1, "seed": -1}, ValueError, "seed must be a non-negative int, got -1"),
+            ({"strategy": "random", "budget": 1, "seed": 1.5}, TypeError, "seed must be a non-negative int, got float"),
+            ({"strategy": "random", "budget": 1, "seed": "7"}, TypeError, "seed must be a non-negative int, got str"),
         ],
     )
     def test_bad_arguments(self, impl, scores, kwargs, error, message):
-        with pytest.raises(error, match=message):
+        with pytest.raises(error, match=message) as raised:
             impl.select(scores, **kwargs)
+        assert isinstance(raised.value, ShfcasError)
+
+    def test_any_non_negative_int_seeds_the_draw(self, impl, scores):
+        chosen = impl.select(scores, strategy="random", budget=2, seed=2**100)
+        assert len(chosen) == 2 and set(chosen) <= set(np.flatnonzero(~scores.degenerate))
+
+
+class TestTensorInputs:
+    def test_sparse_tensors_are_refused_by_name(self, impl):
+        sparse = torch.from_numpy(GOOD).to_sparse()
+        with pytest.raises(ShfcasTypeError, match=r"rewards is a torch\.sparse_coo torch tensor; pass a dense one"):
+            impl.score(GOOD, sparse, 4)
+
+
+class TestCoreErrors:
+    def test_bad_input_to_the_compiled_core_raises_the_package_error(self):
+        with pytest.raises(ShfcasValueError, match="group sizes sum to 5 but there are 3 items"):
+            _core.pacs(np.arange(3.0), np.arange(3.0), np.array([0, 5]))
+        with pytest.raises(ShfcasValueError, match="x and y must have the same dtype"):
+            _core.kendall_tau(np.arange(3.0), np.arange(3.0, dtype=np.float32))
 
 
 class TestHelpers:

@@ -11,6 +11,7 @@ __all__ = [
     "__version__",
     "Z_EPSILON",
     "DEGENERATE_STD",
+    "DEGENERATE_RELATIVE_STD",
     "first_non_finite",
     "pacs",
     "score",
@@ -29,10 +30,12 @@ __all__ = [
 ]
 
 __version__: str
-#: Added to each standard deviation before dividing (SPEC section 2).
+#: Added to each standard deviation before dividing, as in the paper.
 Z_EPSILON: float
 #: A prompt whose log-prob or reward standard deviation is below this is degenerate.
 DEGENERATE_STD: float
+#: A prompt of n items whose standard deviation is at most n * this * |mean| is degenerate too.
+DEGENERATE_RELATIVE_STD: float
 
 def first_non_finite(values: _FloatArray) -> int | None: ...
 def pacs(

@@ -14,10 +14,12 @@ import numpy as np
 from . import _core
 from .errors import ShfcasTypeError, ShfcasValueError
 
-__all__ = ["as_count", "as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
+__all__ = ["as_count", "as_seed", "as_float_vector", "as_float_pair", "group_offsets", "check_finite"]
 
 
 _NUMPY_FLOAT_TENSORS = {"torch.float16", "torch.float32", "torch.float64"}
+#: The largest count the core takes (its index type is 64-bit).
+_LARGEST_COUNT = 2**63 - 1
 
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
@@ -34,10 +36,15 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
                 f"{name} is a torch tensor on {value.device}; move it to the CPU first "
                 f"(the GPU path is shfcas_fast.score_logits)"
             )
+        if str(value.layout) != "torch.strided":
+            raise ShfcasTypeError(f"{name} is a {value.layout} torch tensor; pass a dense one (tensor.to_dense())")
         value = value.detach()
         if value.dtype.is_floating_point and str(value.dtype) not in _NUMPY_FLOAT_TENSORS:
             value = value.float()  # bfloat16 and float8 have no numpy dtype
-        return value.resolve_conj().resolve_neg().numpy()
+        try:
+            return value.resolve_conj().resolve_neg().numpy()
+        except (RuntimeError, TypeError) as err:  # quantized, nested and other tensors numpy cannot view
+            raise ShfcasTypeError(f"{name} cannot be read as an array ({err}); pass a dense CPU tensor of real numbers") from None
     if isinstance(value, (str, bytes)):
         raise ShfcasTypeError(f"{name} must be a 1-D numeric array, got {type(value).__name__}")
     try:
@@ -46,11 +53,15 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
         raise ShfcasTypeError(f"{name} must be a 1-D numeric array: {err}") from None
 
 
-def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray:
+def as_float_vector(value: Any, name: str, *, finite: bool = True, exact_order: bool = False) -> np.ndarray:
     """Coerce ``value`` to a contiguous 1-D float32 or float64 array.
 
     float32 and float64 inputs are kept as they are (zero-copy when contiguous); integer and float16
     inputs are converted to float64; bool, complex, string and object inputs are refused.
+
+    With ``exact_order`` (for rank statistics such as Kendall's tau), integers beyond +-2**53, which
+    float64 would round and so make ties of distinct values, are replaced by their dense ranks
+    (0, 1, 2, ... in order of value, equal values equal): the order and the ties stay exact.
     """
     array = _to_numpy(value, name)
     kind = array.dtype.kind
@@ -62,6 +73,8 @@ def as_float_vector(value: Any, name: str, *, finite: bool = True) -> np.ndarray
         raise ShfcasTypeError(f"{name} must be numeric, got dtype {array.dtype}")
     if array.ndim != 1:
         raise ShfcasValueError(f"{name} must be 1-D, got shape {tuple(array.shape)}")
+    if exact_order and kind in "iu" and array.size and (array.max() > 2**53 or array.min() < -(2**53)):
+        array = np.unique(array, return_inverse=True)[1].reshape(-1)
     if array.dtype not in (np.float32, np.float64):
         array = array.astype(np.float64)
     array = np.ascontiguousarray(array)
@@ -80,11 +93,11 @@ def check_finite(array: np.ndarray, name: str) -> None:
 
 
 def as_float_pair(
-    x: Any, y: Any, x_name: str, y_name: str
+    x: Any, y: Any, x_name: str, y_name: str, *, exact_order: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Coerce two equal-length vectors to one common float dtype."""
-    xa = as_float_vector(x, x_name)
-    ya = as_float_vector(y, y_name)
+    """Coerce two equal-length vectors to one common float dtype (``exact_order``: see :func:`as_float_vector`)."""
+    xa = as_float_vector(x, x_name, exact_order=exact_order)
+    ya = as_float_vector(y, y_name, exact_order=exact_order)
     if xa.shape[0] != ya.shape[0]:
         raise ShfcasValueError(
             f"{x_name} and {y_name} must have the same length, got {xa.shape[0]} and {ya.shape[0]}"
@@ -129,9 +142,23 @@ def group_offsets(group_sizes: Any, n: int, name: str = "group_sizes") -> np.nda
 
 
 def as_count(value: Any, name: str) -> int:
-    """Check that ``value`` is a non-negative int (``k``, ``budget``) and return it."""
+    """Check that ``value`` is an int in [0, 2**63 - 1] (``k``, ``budget``) and return it."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise ShfcasTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 0:
         raise ShfcasValueError(f"{name} must be >= 0, got {value}")
+    if value > _LARGEST_COUNT:
+        raise ShfcasValueError(
+            f"{name} must be at most 2**63 - 1, got a {int(value).bit_length()}-bit integer; "
+            f"any count at least the number of candidates takes them all"
+        )
+    return int(value)
+
+
+def as_seed(value: Any, name: str = "seed") -> int:
+    """Check that ``value`` is a non-negative int (of any size) for ``numpy.random.default_rng`` and return it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ShfcasTypeError(f"{name} must be a non-negative int, got {type(value).__name__}")
+    if value < 0:
+        raise ShfcasValueError(f"{name} must be a non-negative int, got {value}")
     return int(value)

@@ -74,7 +74,7 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None) -> Any:
     Same contract as :func:`shfcas_fast.kendall_tau`: without ``group_sizes`` an O(n log n) merge
     count over all items; with them, float64 ``[g]``, NaN where scipy gives NaN.
     """
-    xa, ya = as_float_pair(x, y, "x", "y")
+    xa, ya = as_float_pair(x, y, "x", "y", exact_order=True)
     if group_sizes is None:
         return _global_tau(torch.from_numpy(xa), torch.from_numpy(ya))
     offsets = group_offsets(group_sizes, xa.shape[0])
@@ -168,12 +168,12 @@ class _GroupedConflict(NamedTuple):
 
 
 def _grouped_conflict(logprobs: np.ndarray, rewards: np.ndarray, offsets: np.ndarray) -> _GroupedConflict:
-    """Everything of SPEC section 2 except Kendall, vectorised with one group id per item."""
+    """Per-prompt z-scores, PACS, conflict and the degenerate flag, vectorised with one group id per item."""
     sizes = torch.from_numpy(offsets).diff()
     group_id = torch.repeat_interleave(torch.arange(sizes.shape[0]), sizes)
-    z_logprob, std_logprob = _zscore(torch.from_numpy(logprobs).double(), group_id, sizes)
-    z_reward, std_reward = _zscore(torch.from_numpy(rewards).double(), group_id, sizes)
-    degenerate = (sizes < 2) | (std_logprob < _core.DEGENERATE_STD) | (std_reward < _core.DEGENERATE_STD)
+    z_logprob, degenerate_logprob = _zscore(torch.from_numpy(logprobs).double(), group_id, sizes)
+    z_reward, degenerate_reward = _zscore(torch.from_numpy(rewards).double(), group_id, sizes)
+    degenerate = (sizes < 2) | degenerate_logprob | degenerate_reward
     pacs_values = torch.where(degenerate[group_id], 0.0, z_reward - z_logprob)
     group_conflict = _segment_mean(pacs_values.abs(), group_id, sizes)
     return _GroupedConflict(z_logprob, z_reward, pacs_values, group_conflict, degenerate)
@@ -186,12 +186,27 @@ def _segment_mean(values: torch.Tensor, group_id: torch.Tensor, sizes: torch.Ten
 
 
 def _zscore(values: torch.Tensor, group_id: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group z-scores with the population standard deviation, and that deviation per group."""
+    """Per-group z-scores with the population standard deviation, and whether that deviation is degenerate.
+
+    Degenerate: ``std < DEGENERATE_STD``, or ``std <= size * DEGENERATE_RELATIVE_STD * |mean|`` (the
+    rounding error of a computed mean, so a constant group of large values is never taken for spread).
+    """
+    # Groups of values above 2^401 are scaled by a power of two (exact) into [2^400, 2^401), where
+    # sums and squares cannot overflow; all moments below are in these scaled units.
+    max_abs = values.new_zeros(sizes.shape[0]).scatter_reduce_(0, group_id, values.abs(), "amax")
+    binary_exponent = torch.frexp(max_abs).exponent  # max_abs < 2^binary_exponent
+    scale = torch.ldexp(torch.ones_like(max_abs), (401 - binary_exponent).clamp(max=0))
+    scaled = values * scale[group_id]
     # Two passes (mean, then squared deviations): one-pass E[x^2] - E[x]^2 cancels badly for
-    # log-probs around -300 that differ by less than 1.
-    centered = values - _segment_mean(values, group_id, sizes)[group_id]
-    std = _segment_mean(centered.square(), group_id, sizes).sqrt()
-    return centered / (std + _core.Z_EPSILON)[group_id], std
+    # log-probs around -300 that differ by less than 1. The mean deviation then corrects the mean,
+    # so that a constant group gets its exact value and z-scores of 0.
+    first_mean = _segment_mean(scaled, group_id, sizes)
+    deviation = scaled - first_mean[group_id]
+    mean = first_mean + _segment_mean(deviation, group_id, sizes)
+    std = _segment_mean(deviation.square(), group_id, sizes).sqrt()
+    z = (scaled - mean[group_id]) / (std + _core.Z_EPSILON * scale)[group_id]
+    degenerate = (std < _core.DEGENERATE_STD * scale) | (std <= sizes * _core.DEGENERATE_RELATIVE_STD * mean.abs())
+    return z, degenerate
 
 
 def _grouped_tau(x: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

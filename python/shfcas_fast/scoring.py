@@ -1,7 +1,16 @@
 """The engine's public scoring API: PACS, Kendall tau-b, top-k and conflict-aware selection.
 
 All heavy work runs in the compiled Rust core (``shfcas_fast._core``) with the interpreter released.
-Definitions follow SHF-CAS (Liu et al., 2025), restated in the project's SPEC section 2.
+Definitions follow SHF-CAS (Liu et al., 2025): per prompt, z-scores of the log-probs ``l`` and the
+rewards ``r`` with the population standard deviation, ``z = (v - mean) / (std + 1e-8)``;
+``PACS = z_r - z_l``; the prompt's conflict is ``mean |PACS|``; Kendall's tau-b between ``l`` and
+``r``. A prompt is *degenerate* (its PACS and conflict are 0 and it is never selected) when it has
+fewer than two completions, or when the log-probs or the rewards have no usable spread: for ``n``
+values, ``std < 1e-6``, or ``std <= n * 2.2e-16 * |mean|`` (float64's epsilon): a spread that small
+is within the rounding error of the computed mean, so a constant prompt counts as constant at any
+magnitude. Below ``|mean| = 1e-6 / (n * 2.2e-16)`` (5.6e8 for 8 completions) only the first rule
+matters. Moments are taken in float64 on values scaled by a power of two where needed, so every
+finite input, up to 1.8e308, gives the right z-scores.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import numpy as np
 from . import _core
 from .errors import ShfcasSelectionWarning, ShfcasTypeError, ShfcasValueError
 from .grouping import KeyGroups, _group
-from ._validation import as_count, as_float_pair, as_float_vector, group_offsets
+from ._validation import as_count, as_float_pair, as_float_vector, as_seed, group_offsets
 
 __all__ = [
     "ConflictScores",
@@ -49,9 +58,10 @@ class PromptScores:
 
     ``group_conflict`` (mean |PACS|), ``kendall_tau`` (tau-b, NaN where scipy gives NaN),
     ``kendall_distance`` ((1 - tau_b) / 2) and ``degenerate`` (fewer than two completions, or a
-    log-prob or reward standard deviation below 1e-6), each of length ``g``; ``group_sizes``
-    (int64 ``[g]``, completions per prompt; ``None`` where the maker did not know them), which lets
-    :func:`select` leave out prompts too small to measure conflict.
+    log-prob or reward standard deviation ``std`` of ``n`` values with ``std < 1e-6`` or
+    ``std <= n * 2.2e-16 * |mean|``, the rounding error of their mean), each of length ``g``;
+    ``group_sizes`` (int64 ``[g]``, completions per prompt; ``None`` where the maker did not know
+    them), which lets :func:`select` leave out prompts too small to measure conflict.
     """
 
     group_conflict: np.ndarray
@@ -170,9 +180,10 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None, *, groups: Any = None) 
     Without ``group_sizes`` or ``groups``: one float over all ``n`` items in O(n log n), NaN when
     either vector is constant or shorter than 2. With ``group_sizes`` (contiguous groups) or
     ``groups`` (a key per item, items in any order; see :func:`~shfcas_fast.group_keys`): float64
-    ``[g]``, one tau-b per group, keyed groups in order of first appearance.
+    ``[g]``, one tau-b per group, keyed groups in order of first appearance. Integer inputs are
+    ranked exactly, also beyond 2**53 where float64 would tie distinct values.
     """
-    xa, ya = as_float_pair(x, y, "x", "y")
+    xa, ya = as_float_pair(x, y, "x", "y", exact_order=True)
     if group_sizes is None and groups is None:
         return float(_core.kendall_tau(xa, ya))
     offsets, key_groups = _grouping(group_sizes, groups, xa.shape[0])
@@ -311,6 +322,10 @@ def select(
     if threshold is not None:
         if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
             raise ShfcasTypeError(f"threshold must be a number, got {type(threshold).__name__}")
+        try:
+            threshold = float(threshold)
+        except OverflowError:
+            raise ShfcasValueError("threshold must be finite, got an int beyond the float range") from None
         if not math.isfinite(threshold):
             raise ShfcasValueError(f"threshold must be finite, got {threshold!r}")
     if strategy not in ("pacs", "kendall", "random"):
@@ -324,7 +339,7 @@ def select(
             raise ShfcasValueError('strategy="random" takes no threshold')
         candidates = np.flatnonzero(eligible)
         take = min(budget, candidates.shape[0])
-        chosen = np.random.default_rng(seed).choice(candidates, size=take, replace=False)
+        chosen = np.random.default_rng(as_seed(seed)).choice(candidates, size=take, replace=False)
         return np.sort(chosen).astype(np.int64)
 
     if strategy == "pacs":
