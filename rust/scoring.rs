@@ -157,7 +157,7 @@ impl Moments {
             let deviation = v.to_f64() * scale - first_mean;
             (deviations + deviation, squares + deviation * deviation)
         });
-        // A finite sum of squares means that no deviation, and so neither the sum, overflowed.
+        // A finite sum of squares means that no deviation overflowed, and so neither did the sum.
         squares.is_finite().then(|| Moments {
             mean: first_mean + deviations * inverse_n,
             std: (squares * inverse_n).sqrt(),
