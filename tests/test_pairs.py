@@ -1,4 +1,4 @@
-"""Preference pairs from oracle scores (SPEC section 3, step 6) against a brute-force enumeration."""
+"""Preference pairs from oracle scores (docs/method.md, section 3, step 6) against a brute-force enumeration."""
 
 from __future__ import annotations
 

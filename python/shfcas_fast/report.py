@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _core, io
 from .errors import ShfcasValueError
-from .scoring import DEFAULT_KENDALL_THRESHOLD, DEFAULT_PACS_THRESHOLD, ConflictScores
+from .scoring import DEFAULT_KENDALL_THRESHOLD, ConflictScores, Strategy, default_threshold, strategy_measure
 
 __all__ = ["versions", "selection_cut", "summarize", "write_report", "report_folder", "PLOT_FILES", "REPORT_FILES"]
 
@@ -65,28 +65,21 @@ def versions() -> dict[str, Any]:
     return found
 
 
-def _measure(scores: ConflictScores, strategy: str) -> tuple[str, np.ndarray]:
-    """The per-prompt quantity ``strategy`` ranks by (random is compared on conflict)."""
-    if strategy == "kendall":
-        return "kendall_distance", scores.kendall_distance
-    return "group_conflict", scores.group_conflict
-
-
 def selection_cut(
-    scores: ConflictScores, selected: np.ndarray, strategy: str, budget: int | None, threshold: float | None
+    scores: ConflictScores, selected: np.ndarray, strategy: Strategy, budget: int | None, threshold: float | None
 ) -> float | None:
     """The value above which prompts were selected, or ``None`` where there is none (random).
 
     That is the threshold (the strategy's default when neither a budget nor a threshold was given),
     except when a budget was filled: then the lowest selected value is where the budget cut.
     """
-    if strategy == "random":
+    default = default_threshold(strategy)
+    if default is None:  # random
         return None
-    default = DEFAULT_KENDALL_THRESHOLD if strategy == "kendall" else DEFAULT_PACS_THRESHOLD
     if budget is None:
         return float(default if threshold is None else threshold)
     if selected.size and (threshold is None or selected.size == budget):
-        _, values = _measure(scores, strategy)
+        _, values = strategy_measure(scores, strategy)
         return float(values[selected].min())
     return None if threshold is None else float(threshold)
 
@@ -109,7 +102,7 @@ def summarize(
     group_sizes: np.ndarray,
     selected: np.ndarray,
     *,
-    strategy: str,
+    strategy: Strategy,
     budget: int | None = None,
     threshold: float | None = None,
     seed: int = 0,
@@ -164,9 +157,9 @@ def _new_plot(width: float, height: float) -> tuple[Any, Any]:
 
 
 def _plot_conflict(
-    path: Path, scores: ConflictScores, selected_mask: np.ndarray, strategy: str, cut: float | None
+    path: Path, scores: ConflictScores, selected_mask: np.ndarray, strategy: Strategy, cut: float | None
 ) -> None:
-    name, values = _measure(scores, strategy)
+    name, values = strategy_measure(scores, strategy)
     eligible = ~scores.degenerate
     figure, axes = _new_plot(7, 4.2)
     bins = np.histogram_bin_edges(values[eligible], bins=60).tolist() if eligible.any() else 10
@@ -280,7 +273,7 @@ def write_report(
     group_sizes: np.ndarray,
     selected: np.ndarray,
     *,
-    strategy: str,
+    strategy: Strategy,
     budget: int | None = None,
     threshold: float | None = None,
     seed: int = 0,

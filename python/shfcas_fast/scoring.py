@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from .grouping import KeyGroups, _group
 from ._validation import as_count, as_float_pair, as_float_vector, as_seed, group_offsets
 
 __all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "check_strategy",
+    "default_threshold",
+    "strategy_measure",
     "ConflictScores",
     "KeyedConflictScores",
     "PromptScores",
@@ -49,7 +54,11 @@ DEFAULT_KENDALL_THRESHOLD = 0.5
 #: pacs/kendall selection never chooses a prompt with fewer completions (see :func:`select`).
 DEFAULT_MIN_GROUP_SIZE = 3
 
+#: How prompts are chosen for feedback: ``"pacs"`` (highest mean |PACS|, SHF-CAS), ``"kendall"``
+#: (highest Kendall distance) or ``"random"`` (uniform, the paper's baseline; needs a budget). The
+#: one definition every part of the package (select, the CLI, the loop, the demo, reports) uses.
 Strategy = Literal["pacs", "kendall", "random"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -133,6 +142,32 @@ def _grouping(group_sizes: Any, groups: Any, n: int) -> tuple[np.ndarray, KeyGro
     if key_groups.num_rows != n:
         raise ShfcasValueError(f"groups has {key_groups.num_rows} keys but there are {n} items")
     return key_groups.offsets, key_groups
+
+
+
+def check_strategy(strategy: object, *, budget: int | None, threshold: float | None) -> None:
+    """Raise a ShfcasValueError unless ``strategy`` is a :data:`Strategy` whose rules ``budget`` and
+    ``threshold`` follow (``"random"`` needs a budget and takes no threshold)."""
+    if strategy not in STRATEGIES:
+        raise ShfcasValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    if strategy == "random":
+        if budget is None:
+            raise ShfcasValueError('strategy="random" needs a budget')
+        if threshold is not None:
+            raise ShfcasValueError('strategy="random" takes no threshold')
+
+
+def strategy_measure(scores: PromptScores, strategy: Strategy) -> tuple[str, np.ndarray]:
+    """The name and values of the per-prompt score ``strategy`` ranks by (``random`` is described by
+    conflict), and :func:`default_threshold` gives its paper-style cut."""
+    if strategy == "kendall":
+        return "kendall_distance", scores.kendall_distance
+    return "group_conflict", scores.group_conflict
+
+
+def default_threshold(strategy: Strategy) -> float | None:
+    """The threshold ``strategy`` uses when given neither a budget nor a threshold (None for random)."""
+    return {"pacs": DEFAULT_PACS_THRESHOLD, "kendall": DEFAULT_KENDALL_THRESHOLD}.get(strategy)
 
 
 def pacs(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any = None) -> np.ndarray:
@@ -328,26 +363,19 @@ def select(
             raise ShfcasValueError("threshold must be finite, got an int beyond the float range") from None
         if not math.isfinite(threshold):
             raise ShfcasValueError(f"threshold must be finite, got {threshold!r}")
-    if strategy not in ("pacs", "kendall", "random"):
-        raise ShfcasValueError(f'strategy must be "pacs", "kendall" or "random", got {strategy!r}')
+    check_strategy(strategy, budget=budget, threshold=threshold)
     eligible = ~np.asarray(scores.degenerate, dtype=bool) & _large_enough(scores, strategy, min_group_size)
 
     if strategy == "random":
-        if budget is None:
-            raise ShfcasValueError('strategy="random" needs a budget')
-        if threshold is not None:
-            raise ShfcasValueError('strategy="random" takes no threshold')
+        assert budget is not None  # check_strategy
         candidates = np.flatnonzero(eligible)
         take = min(budget, candidates.shape[0])
         chosen = np.random.default_rng(as_seed(seed)).choice(candidates, size=take, replace=False)
         return np.sort(chosen).astype(np.int64)
 
-    if strategy == "pacs":
-        values, default = scores.group_conflict, DEFAULT_PACS_THRESHOLD
-    else:
-        values, default = scores.kendall_distance, DEFAULT_KENDALL_THRESHOLD
+    _, values = strategy_measure(scores, strategy)
     if threshold is None and budget is None:
-        threshold = default
+        threshold = default_threshold(strategy)
     # NaN marks what may not be chosen; top_k never returns NaN.
     masked = np.where(eligible, values, np.nan)
     if threshold is not None:

@@ -78,7 +78,7 @@ def test_bad_thread_count_is_one_line_for_every_engine_command(tmp_path):
     result = run_cli("bench", "--size", "16", SHFCAS_NUM_THREADS="zero")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        'Error: SHFCAS_NUM_THREADS="zero" is not a positive integer; set it to a positive number of threads, or unset it'
+        'Error: SHFCAS_NUM_THREADS="zero" is not a positive integer; set it to the number of worker threads, or unset it to use every core'
     ]
     result = run_cli("score", str(tmp_path / "absent.parquet"), "-o", str(tmp_path / "out.parquet"), SHFCAS_NUM_THREADS="-2")
     assert result.returncode == 1 and "Traceback" not in result.stderr

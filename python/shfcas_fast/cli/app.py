@@ -20,6 +20,7 @@ import pyarrow as pa
 import typer
 
 from .. import __version__, _core
+from ..errors import ShfcasError
 
 __all__ = ["app"]
 
@@ -51,8 +52,8 @@ def start(
     # A bad SHFCAS_NUM_THREADS fails the engine's first call: check it once, before any work.
     try:
         _core.num_threads()
-    except RuntimeError as err:
-        typer.echo(f"Error: {err}; set it to a positive number of threads, or unset it", err=True)
+    except ShfcasError as err:  # the core's message says what to set
+        typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(code=1) from None
     # Commands allocate and free batches of hundreds of megabytes. Arrow's default allocator keeps
     # freed memory for reuse; the system allocator hands it back at once, which on 10M-row files

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, TypeVar, get_args
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -39,7 +39,7 @@ from transformers import set_seed
 from trl import DPOConfig, GRPOConfig, RewardConfig
 
 from ..errors import ShfcasTypeError, ShfcasValueError
-from ..scoring import ConflictScores, Strategy, score, select
+from ..scoring import ConflictScores, Strategy, check_strategy, score, select
 from ._training import hardware_defaults, recorded_settings, stage_args
 from .evaluation import evaluate_policy
 from .oracles import Oracle, RewardModelOracle
@@ -95,10 +95,8 @@ class SHFCASConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.strategy is not None and self.strategy not in get_args(Strategy):
-            raise ShfcasValueError(f"strategy must be one of {get_args(Strategy)} or None, got {self.strategy!r}")
-        if self.strategy == "random" and self.budget is None:
-            raise ShfcasValueError('strategy="random" needs a budget')
+        if self.strategy is not None:
+            check_strategy(self.strategy, budget=self.budget, threshold=self.threshold)
         if self.reward_model_init not in ("fresh", "proxy"):
             raise ShfcasValueError(f'reward_model_init must be "fresh" or "proxy", got {self.reward_model_init!r}')
         for name in ("num_rounds", "num_generations", "max_new_tokens", "eval_num_generations"):

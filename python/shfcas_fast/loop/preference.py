@@ -1,4 +1,4 @@
-"""Preference pairs from oracle scores as a TRL preference ``datasets.Dataset`` (SPEC section 3, step 6).
+"""Preference pairs from oracle scores as a TRL preference ``datasets.Dataset`` (docs/method.md, section 3, step 6).
 
 Example:
 ```python

@@ -1,4 +1,4 @@
-"""Reward-model refinement with TRL's ``RewardTrainer`` (SPEC section 3, step 7).
+"""Reward-model refinement with TRL's ``RewardTrainer`` (docs/method.md, section 3, step 7).
 
 Example:
 ```python

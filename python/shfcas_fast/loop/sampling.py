@@ -27,7 +27,7 @@ from ..logprobs import policy_logprobs
 
 __all__ = ["SampledCompletions", "model_prompts", "sample_completions"]
 
-#: The paper's sampling defaults (SPEC section 2).
+#: The paper's sampling defaults (docs/method.md, section 1).
 DEFAULT_NUM_GENERATIONS = 8
 DEFAULT_TEMPERATURE = 0.7
 

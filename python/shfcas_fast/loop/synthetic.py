@@ -62,7 +62,7 @@ __all__ = [
     "train_causal_lm",
 ]
 
-#: The paper's split of PKU-SafeRLHF harm categories (SPEC section 3).
+#: The paper's split of PKU-SafeRLHF harm categories (arXiv 2512.09212).
 POLICY_CATEGORIES = ("discrimination", "violence", "security", "insults", "cybercrime")
 PROXY_CATEGORIES = ("discrimination", "violence", "physical", "copyright", "trafficking")
 UNSEEN_CATEGORIES = ("drugs", "sexual")
