@@ -154,6 +154,23 @@ def test_score_logits_equals_score_of_sequence_logprobs():
     assert isinstance(got, shfcas_fast.ConflictScores)
 
 
+def test_score_logits_with_prompt_keys_in_any_order_equals_the_contiguous_scores():
+    logits, labels, mask = ragged_case(12, 6, 500, torch.float32, seed=8)
+    rewards = torch.randn(12, generator=torch.Generator().manual_seed(9))
+    keys = np.repeat(["a", "b", "c"], [5, 4, 3])
+    contiguous = lp.score_logits(logits, labels, rewards, [5, 4, 3], mask=mask, backend="torch")
+    shuffle = np.random.default_rng(0).permutation(12)
+    keyed = lp.score_logits(
+        logits[shuffle], labels[shuffle], rewards[shuffle], groups=keys[shuffle], mask=mask[shuffle], backend="torch"
+    )
+    np.testing.assert_allclose(keyed.pacs, contiguous.pacs[shuffle], rtol=1e-12, atol=1e-12)
+    prompts = keys[shuffle][keyed.groups.first_rows]  # per-prompt results in order of first appearance
+    wanted = np.searchsorted(["a", "b", "c"], prompts)
+    np.testing.assert_allclose(keyed.group_conflict, contiguous.group_conflict[wanted], rtol=1e-12)
+    with pytest.raises(ShfcasValueError, match="group_sizes"):
+        lp.score_logits(logits, labels, rewards, backend="torch")
+
+
 META = torch.device("meta")
 
 

@@ -41,7 +41,7 @@ from ._validation import as_float_pair
 from .errors import ShfcasTypeError, ShfcasValueError
 from .ops import hidden_logprobs, zscore
 from .ops import logprobs as logits_logprobs
-from .scoring import ConflictScores
+from .scoring import ConflictScores, score
 
 if TYPE_CHECKING:  # transformers is only needed by the caller that passes a model
     from transformers import PreTrainedModel
@@ -181,8 +181,9 @@ def score_logits(
     logits: torch.Tensor,
     labels: torch.Tensor,
     rewards: Any,
-    group_sizes: Any,
+    group_sizes: Any = None,
     *,
+    groups: Any = None,
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
     ignore_index: int = -100,
@@ -212,6 +213,9 @@ def score_logits(
         rewards: ``[B]`` proxy rewards (higher is better), any array-like or tensor.
         group_sizes: completions per prompt, an int or ``g`` sizes summing to ``B``; the completions of a
             prompt are contiguous.
+        groups: instead of ``group_sizes``, a prompt key per sequence (rows in any order), as in
+            :func:`shfcas_fast.score`; the z-scores are then computed by the compiled engine on the
+            CPU (``B`` numbers), after the log-probabilities on the logits' device.
     """
     sequence = sequence_logprobs(
         logits,
@@ -225,6 +229,8 @@ def score_logits(
     if isinstance(rewards, torch.Tensor):
         rewards = rewards.detach().to("cpu")
     logprobs_host, rewards_host = as_float_pair(sequence.cpu(), rewards, "logprobs", "rewards")
+    if groups is not None or group_sizes is None:  # keyed (or neither: score names the arguments)
+        return score(logprobs_host, rewards_host, group_sizes, groups=groups)
     use_triton = _use_triton(backend, logits.device)
     return zscore.conflict_scores(sequence, logprobs_host, rewards_host, group_sizes, use_triton=use_triton)
 
