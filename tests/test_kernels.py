@@ -20,6 +20,7 @@ import transformers
 from trl.trainer.utils import selective_log_softmax
 
 import reference
+import shfcas_fast
 from shfcas_fast import logprobs as lp
 from shfcas_fast.errors import ShfcasValueError
 from shfcas_fast.ops import hidden_logprobs as hidden_op
@@ -217,6 +218,48 @@ def test_score_logits_kernel_sweeps_groups_larger_than_its_block():
     np.testing.assert_allclose(got.group_conflict, expected.group_conflict, rtol=1e-9)
 
 
+def _assert_same_scores(got, expected):
+    """The Triton path's scores against the engine's, field by field (sums in another order: 1e-12)."""
+    np.testing.assert_array_equal(got.degenerate, expected.degenerate)
+    np.testing.assert_array_equal(got.group_sizes, expected.group_sizes)
+    for field in ("pacs", "z_logprob", "z_reward", "group_conflict"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(got.kendall_tau, expected.kendall_tau)
+    np.testing.assert_array_equal(got.kendall_distance, expected.kendall_distance)
+
+
+@pytest.mark.parametrize("magnitude", [1e9, 1e12, 1e15, 1e100, 1e300])
+def test_zscore_kernel_constant_prompts_are_degenerate_at_any_magnitude(magnitude):
+    # The computed deviation of a constant prompt is the rounding error of its mean, which grows with
+    # the magnitude: the rule std <= n * DEGENERATE_RELATIVE_STD * |mean| must flag it, as the engine does.
+    rng = np.random.default_rng(24)
+    sizes = np.array([7, zscore.GROUP_BLOCK + 5, 3, 4])
+    logprobs, rewards = rng.normal(size=(2, int(sizes.sum())))
+    logprobs[:7] = -1.2345678901234567 * magnitude
+    rewards[7 : 7 + sizes[1]] = 0.7654321098765432 * magnitude
+    logprobs[-4:] *= magnitude  # spread at the same magnitude: not degenerate
+    got = zscore.conflict_scores(torch.from_numpy(logprobs).to(DEVICE), logprobs, rewards, sizes, use_triton=True)
+    expected = shfcas_fast.score(logprobs, rewards, sizes)
+    np.testing.assert_array_equal(expected.degenerate, [True, True, False, False])
+    _assert_same_scores(got, expected)
+    assert not np.any(got.z_logprob[:7]) and not np.any(got.z_reward[7 : 7 + sizes[1]])
+
+
+def test_zscore_kernel_values_whose_sums_or_squares_overflow():
+    # Group 0: the sum overflows; group 1: the squared deviations do; group 2 is just below 2^401,
+    # group 3 at 2^401 (scaled); group 4 spans 1e308 to 1e-300 (the small values scale to subnormals).
+    logprobs = np.array(
+        [1.5e308, 1.7e308, -1e308, 0.0, 1e200, -1e200, 3e200, 2.0**401 * 0.75, 2.0**400, -(2.0**400),
+         2.0**401, 2.0**400, 3.0, 1e308, 1e-300, -1e-300]
+    )
+    rewards = np.linspace(-2.0, 3.0, logprobs.size) ** 2
+    sizes = np.array([4, 3, 3, 3, 3])
+    got = zscore.conflict_scores(torch.from_numpy(logprobs).to(DEVICE), logprobs, rewards, sizes, use_triton=True)
+    expected = shfcas_fast.score(logprobs, rewards, sizes)
+    assert np.all(np.isfinite(expected.pacs)) and not np.any(expected.degenerate)
+    _assert_same_scores(got, expected)
+
+
 def test_policy_logprobs_on_the_triton_backend_matches_the_naive_logits():
     config = transformers.LlamaConfig(
         vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -290,7 +333,7 @@ compile_sm90(
 compile_sm90(
     zscore.group_pacs_kernel,
     "*fp64 *fp64 *i64 *fp64 *fp64 *fp64 *fp64 *i8",
-    {"STD_EPS": 1e-8, "DEGENERATE_STD": 1e-6, "BLOCK": zscore.GROUP_BLOCK},
+    {"STD_EPS": 1e-8, "DEGENERATE_STD": 1e-6, "DEGENERATE_RELATIVE_STD": 2.0**-52, "BLOCK": zscore.GROUP_BLOCK},
 )
 """
 

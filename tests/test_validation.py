@@ -165,6 +165,46 @@ class TestTensorInputs:
             impl.score(GOOD, sparse, 4)
 
 
+class TestMaskedArrays:
+    """A masked array's mask would be dropped by every conversion to a plain array: refused unless nothing is masked."""
+
+    MASKED = np.ma.masked_array(GOOD, mask=np.arange(20) % 7 == 3)  # rows 3, 10 and 17
+
+    @pytest.mark.parametrize(
+        ("call", "name"),
+        [
+            (lambda impl, masked: impl.score(masked, GOOD, 4), "logprobs"),
+            (lambda impl, masked: impl.pacs(GOOD, masked, 4), "rewards"),
+            (lambda impl, masked: impl.kendall_tau(GOOD, masked, [20]), "y"),
+            (lambda impl, masked: impl.kendall_distance(masked, GOOD, 4), "x"),
+            (lambda impl, masked: impl.top_k(masked, 2), "scores"),
+        ],
+        ids=["score", "pacs", "kendall_tau", "kendall_distance", "top_k"],
+    )
+    def test_masked_values_are_refused_by_name(self, impl, call, name):
+        message = rf"{name} is a masked array with 3 masked values \(the first at index 3\).*\.filled\(.*\.compressed\(\)"
+        with pytest.raises(ShfcasTypeError, match=message):
+            call(impl, self.MASKED)
+
+    def test_masked_group_sizes_are_refused_by_name(self, impl):
+        sizes = np.ma.masked_array([4, 4, 4, 8], mask=[False, True, False, False])
+        with pytest.raises(ShfcasTypeError, match=r"group_sizes is a masked array with 1 masked value \(the first at index 1\)"):
+            impl.score(GOOD, GOOD, sizes)
+
+    def test_a_masked_2d_array_names_the_first_masked_position(self, impl):
+        masked = np.ma.masked_array(GOOD.reshape(4, 5), mask=GOOD.reshape(4, 5) > 0.5)
+        with pytest.raises(ShfcasTypeError, match=r"scores is a masked array with 5 masked values \(the first at index \(3, 0\)\)"):
+            impl.top_k(masked, 2)
+
+    @pytest.mark.parametrize("mask", [np.ma.nomask, np.zeros(20, dtype=bool)], ids=["nomask", "all-false"])
+    def test_nothing_masked_is_accepted(self, impl, mask):
+        rewards = GOOD[::-1].copy()
+        got = impl.score(np.ma.masked_array(GOOD, mask=mask), np.ma.masked_array(rewards, mask=mask), 4)
+        expected = impl.score(GOOD, rewards, 4)
+        np.testing.assert_array_equal(got.pacs, expected.pacs)
+        np.testing.assert_array_equal(got.kendall_tau, expected.kendall_tau)
+
+
 class TestCoreErrors:
     def test_bad_input_to_the_compiled_core_raises_the_package_error(self):
         with pytest.raises(ShfcasValueError, match="group sizes sum to 5 but there are 3 items"):

@@ -25,8 +25,11 @@ _LARGEST_COUNT = 2**63 - 1
 def _to_numpy(value: Any, name: str) -> np.ndarray:
     """Return ``value`` as a numpy array, sharing memory with CPU torch tensors.
 
-    torch is never imported here: the engine works with numpy alone.
+    torch is never imported here: the engine works with numpy alone. A masked array is refused when
+    anything is masked (its mask would be lost in every conversion) and read as its data otherwise.
     """
+    if isinstance(value, np.ma.MaskedArray):
+        return _unmasked_data(value, name)
     if isinstance(value, np.ndarray):
         return value
     module = type(value).__module__
@@ -51,6 +54,21 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
         return np.asarray(value)
     except Exception as err:  # ragged lists and other unconvertible objects
         raise ShfcasTypeError(f"{name} must be a 1-D numeric array: {err}") from None
+
+
+def _unmasked_data(value: np.ma.MaskedArray, name: str) -> np.ndarray:
+    """The data of a masked array in which nothing is masked; else a ``ShfcasTypeError`` saying what to pass."""
+    masked = np.flatnonzero(np.ma.getmaskarray(value))
+    if masked.size:
+        first = np.unravel_index(masked[0], value.shape)
+        where = int(first[0]) if len(first) == 1 else tuple(int(i) for i in first)
+        plural = "" if masked.size == 1 else "s"
+        raise ShfcasTypeError(
+            f"{name} is a masked array with {masked.size} masked value{plural} (the first at index {where}), "
+            f"and its mask would be ignored; pass {name}.filled(value) to give them a value, or leave out "
+            f"the masked rows ({name}.compressed(), with every other argument and the group sizes to match)"
+        )
+    return np.ma.getdata(value)
 
 
 def as_float_vector(value: Any, name: str, *, finite: bool = True, exact_order: bool = False) -> np.ndarray:
