@@ -231,10 +231,10 @@ def select_table(
     ```python
     >>> import pyarrow as pa
     >>> from shfcas_fast.tables import score_table
-    >>> rows = pa.table({"prompt": ["a", "b", "a", "b"], "logprob": [-1.0, -1.0, -2.0, -2.0],
-    ...                  "reward": [0.0, 1.0, 1.0, 0.0]})
-    >>> select_table(score_table(rows), threshold=0.5, strategy="kendall")["selection_rank"].to_pylist()
-    [0, 0]
+    >>> rows = pa.table({"prompt": ["a", "b"] * 3, "logprob": [-1.0, -1.0, -2.0, -2.0, -3.0, -3.0],
+    ...                  "reward": [0.0, 2.0, 1.0, 1.0, 2.0, 0.0]})
+    >>> select_table(score_table(rows), threshold=0.5, strategy="kendall")["prompt"].to_pylist()
+    ['a', 'a', 'a']
 
     ```
 
@@ -278,11 +278,11 @@ def select_file(
     >>> from shfcas_fast import io
     >>> from shfcas_fast.tables import score_file
     >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> io.write_table(folder / "rows.parquet", pa.table({"prompt": ["a", "b", "a", "b"],
-    ...     "logprob": [-1.0, -1.0, -2.0, -2.0], "reward": [0.0, 1.0, 1.0, 0.0]}))
+    >>> io.write_table(folder / "rows.parquet", pa.table({"prompt": ["a", "b"] * 3,
+    ...     "logprob": [-1.0, -1.0, -2.0, -2.0, -3.0, -3.0], "reward": [0.0, 2.0, 1.0, 1.0, 2.0, 0.0]}))
     >>> _ = score_file(folder / "rows.parquet", folder / "scored.parquet")
     >>> select_file(folder / "scored.parquet", folder / "prompts.jsonl", budget=1, kind="prompts").describe("prompts.jsonl")
-    'Selected 1 of 2 prompts (2 rows) by pacs into prompts.jsonl'
+    'Selected 1 of 2 prompts (3 rows) by pacs into prompts.jsonl'
 
     ```
 
