@@ -149,7 +149,8 @@ def check_strategy(strategy: object, *, budget: int | None, threshold: float | N
     """Raise a ShfcasValueError unless ``strategy`` is a :data:`Strategy` whose rules ``budget`` and
     ``threshold`` follow (``"random"`` needs a budget and takes no threshold)."""
     if strategy not in STRATEGIES:
-        raise ShfcasValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+        names = ", ".join(f'"{name}"' for name in STRATEGIES[:-1]) + f' or "{STRATEGIES[-1]}"'
+        raise ShfcasValueError(f"strategy must be {names}, got {strategy!r}")
     if strategy == "random":
         if budget is None:
             raise ShfcasValueError('strategy="random" needs a budget')

@@ -30,6 +30,7 @@ import copy
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 from trl import DPOConfig, GRPOConfig, RewardConfig
 
+from ..errors import ShfcasSelectionWarning
 from ..scoring import score, select
 from ..loop.evaluation import evaluate_policy
 from ..loop.loop import SHFCASConfig, SHFCASLoop
@@ -232,7 +234,10 @@ class _SeedRun:
         if arm.strategy is None:
             raise ValueError(f"arm {arm.name} selects by {arm.rule} without a strategy")
         if arm.rule == "threshold":
-            return select(self.conflict, threshold=self.settings.threshold, strategy=arm.strategy)
+            # The paper's rule may well pick most of the pool; the report gives how many it picked.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ShfcasSelectionWarning)
+                return select(self.conflict, threshold=self.settings.threshold, strategy=arm.strategy)
         size = matched if arm.rule == "matched" else budget
         if size == 0:
             return np.zeros(0, dtype=np.int64)
