@@ -2,7 +2,7 @@
 //! permutations that bring rows into group order and back.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -105,19 +105,20 @@ pub fn check_permutation(order: &[i64]) -> Result<(), String> {
 }
 
 /// The `wanted` scores of rows that `order` brings into the contiguous groups of `offsets`: item
-/// outputs in row order, group outputs in group order. `order` must be a checked permutation of
-/// `0..logprobs.len()` and `offsets` validated.
+/// outputs in row order, group outputs in group order. `order` must hold `logprobs.len()` rows and
+/// `offsets` be validated; an `order` that is not a permutation is an error.
 ///
-/// Each leaf range of groups (a few thousand items) is gathered into buffers of its own, scored
-/// there, and its item outputs written straight to their rows: no reordered copy of the inputs or
-/// outputs is ever made, and every random access happens once, in parallel.
+/// Each leaf range of groups (a few thousand items) claims its rows in a shared bit set (which
+/// checks the permutation on the way), is gathered into buffers of its own, scored there, and its
+/// item outputs written straight to their rows: no reordered copy of the inputs or outputs is ever
+/// made, and every random access happens once, in parallel.
 pub fn score_in_order<T: Real>(
     logprobs: &[T],
     rewards: &[T],
     order: &[i64],
     offsets: &[i64],
     wanted: Wanted,
-) -> Scores {
+) -> Result<Scores, String> {
     let (n, g) = (logprobs.len(), offsets.len().saturating_sub(1));
     let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
     let mut s = Scores {
@@ -129,8 +130,10 @@ pub fn score_in_order<T: Real>(
         degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
     };
     if g == 0 {
-        return s;
+        return Ok(s);
     }
+    let claimed: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    let is_permutation = AtomicBool::new(true);
     let item_writers = [
         wanted.z_scores.then(|| DisjointWriter::new(&mut s.z_logprob)),
         wanted.z_scores.then(|| DisjointWriter::new(&mut s.z_reward)),
@@ -144,6 +147,15 @@ pub fn score_in_order<T: Real>(
     };
     for_each_group_range(offsets, group_outputs, &|range: &[i64], out: ScoreOutputs| {
         let rows = &order[range[0] as usize..range[range.len() - 1] as usize];
+        let claim = |row: i64| {
+            let bit = 1u64 << (row as u64 % 64);
+            (row as u64) < n as u64 && claimed[row as usize / 64].fetch_or(bit, Ordering::Relaxed) & bit == 0
+        };
+        // Claim every row first: the atomic updates would stall the gather's loads if interleaved.
+        if !rows.iter().all(|&row| claim(row)) {
+            is_permutation.store(false, Ordering::Relaxed);
+            return;
+        }
         let (l, r): (Vec<T>, Vec<T>) = rows
             .iter()
             .map(|&row| (logprobs[row as usize], rewards[row as usize]))
@@ -169,14 +181,17 @@ pub fn score_in_order<T: Real>(
         for (writer, values) in item_writers.iter().zip(&items) {
             if let Some(writer) = writer {
                 for (&row, &value) in rows.iter().zip(values) {
-                    // SAFETY: `order` is a permutation and leaf ranges are disjoint, so every row is
-                    // written once.
+                    // SAFETY: this leaf claimed each of its rows, so no other iteration writes it.
                     unsafe { writer.write(row as usize, value) };
                 }
             }
         }
     });
-    s
+    if !is_permutation.into_inner() {
+        // Name the first offending entry (a second pass, on bad input only).
+        check_permutation(order)?;
+    }
+    Ok(s)
 }
 
 /// A slice that many threads write at once, at indices that never repeat: the scattered writes of a
@@ -269,7 +284,7 @@ mod tests {
         let r: Vec<f32> = (0..n).map(|i| ((i * 53) % 89) as f32).collect();
         let (gl, gr): (Vec<f32>, Vec<f32>) = order.iter().map(|&row| (l[row as usize], r[row as usize])).unzip();
         let grouped = score(&gl, &gr, &offsets, Wanted::ALL);
-        let in_order = score_in_order(&l, &r, &order, &offsets, Wanted::ALL);
+        let in_order = score_in_order(&l, &r, &order, &offsets, Wanted::ALL).unwrap();
         let mut expected = vec![0.0; n];
         for (column, got) in [
             (&grouped.z_logprob, &in_order.z_logprob),
@@ -285,10 +300,20 @@ mod tests {
         assert_eq!(grouped.degenerate, in_order.degenerate);
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&grouped.kendall_tau), bits(&in_order.kendall_tau));
-        let pacs_only = score_in_order(&l, &r, &order, &offsets, Wanted::PACS);
+        let pacs_only = score_in_order(&l, &r, &order, &offsets, Wanted::PACS).unwrap();
         assert_eq!(pacs_only.pacs, in_order.pacs);
         assert!(pacs_only.z_logprob.is_empty() && pacs_only.kendall_tau.is_empty());
-        let empty = score_in_order::<f64>(&[], &[], &[], &[0], Wanted::ALL);
+        let mut twice = order.clone();
+        twice[n - 1] = twice[0];
+        assert!(score_in_order(&l, &r, &twice, &offsets, Wanted::ALL)
+            .err()
+            .is_some_and(|e| e.contains(&format!("order[{}] is {}, which appears twice", n - 1, order[0]))));
+        let mut outside = order.clone();
+        outside[5] = n as i64;
+        assert!(score_in_order(&l, &r, &outside, &offsets, Wanted::ALL)
+            .err()
+            .is_some_and(|e| e.contains("order[5] is")));
+        let empty = score_in_order::<f64>(&[], &[], &[], &[0], Wanted::ALL).unwrap();
         assert!(empty.pacs.is_empty() && empty.group_conflict.is_empty());
     }
 }
