@@ -25,8 +25,6 @@ use crate::groups::DisjointWriter;
 const ROW_CHUNK: usize = 1 << 16;
 /// Rows per partition aimed at: one partition's table and first rows stay in a core's cache.
 const PARTITION_ROWS: usize = 1 << 14;
-/// How many rows ahead the key comparison starts loading keys.
-const PREFETCH_ROWS: usize = 8;
 /// At most this many partitions (the partitioning writes to one stream per partition).
 const MAX_PARTITION_BITS: u32 = 10;
 
@@ -64,15 +62,6 @@ impl Offsets<'_> {
         match self {
             Offsets::I32(o) => o.len(),
             Offsets::I64(o) => o.len(),
-        }
-    }
-
-    /// Starts loading offset `i` into cache.
-    #[inline(always)]
-    fn prefetch(&self, i: usize) {
-        match self {
-            Offsets::I32(o) => prefetch(o.as_ptr().wrapping_add(i)),
-            Offsets::I64(o) => prefetch(o.as_ptr().wrapping_add(i)),
         }
     }
 
@@ -118,16 +107,6 @@ impl ByteChunk<'_> {
     fn key(&self, i: usize) -> &[u8] {
         &self.data[self.offsets.get(i) as usize..self.offsets.get(i + 1) as usize]
     }
-}
-
-/// Starts loading the cache line at `address` (a hint: it never faults, and does nothing off x86-64).
-#[inline(always)]
-fn prefetch<T>(address: *const T) {
-    // SAFETY: SSE is part of x86-64, and a prefetch reads nothing the program sees.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast())
-    };
 }
 
 /// A bijective mix of a 64-bit integer (the SplitMix64 finalizer): distinct keys, distinct hashes.
@@ -187,10 +166,6 @@ trait KeyColumn: Sync {
     /// Writes the hashes of rows `start..start + out.len()`.
     fn hash_rows(&self, start: usize, out: &mut [u64]);
     fn key(&self, row: usize) -> Self::Key<'_>;
-    /// Starts loading what locates a row's key (a hint, for rows compared soon).
-    fn prefetch_locator(&self, _row: usize) {}
-    /// Starts loading a row's key bytes; its locator should be in cache by then.
-    fn prefetch_key(&self, _row: usize) {}
     /// Whether equal (unmasked) hashes always mean equal keys.
     const HASH_IS_INJECTIVE: bool;
 }
@@ -244,22 +219,15 @@ struct BytesColumn<'a, 'k> {
     starts: Vec<usize>,
 }
 
-impl<'a> BytesColumn<'a, '_> {
-    /// The chunk holding `row`, and the row's place in it.
+impl BytesColumn<'_, '_> {
     #[inline]
-    fn locate(&self, row: usize) -> (&ByteChunk<'a>, usize) {
+    fn key_bytes(&self, row: usize) -> &[u8] {
         let chunk = if self.chunks.len() == 1 {
             0
         } else {
             self.starts.partition_point(|&s| s <= row) - 1
         };
-        (&self.chunks[chunk], row - self.starts[chunk])
-    }
-
-    #[inline]
-    fn key_bytes(&self, row: usize) -> &[u8] {
-        let (chunk, local) = self.locate(row);
-        chunk.key(local)
+        self.chunks[chunk].key(row - self.starts[chunk])
     }
 }
 
@@ -288,16 +256,6 @@ impl KeyColumn for BytesColumn<'_, '_> {
 
     fn key(&self, row: usize) -> &[u8] {
         self.key_bytes(row)
-    }
-
-    fn prefetch_locator(&self, row: usize) {
-        let (chunk, local) = self.locate(row);
-        chunk.offsets.prefetch(local);
-    }
-
-    fn prefetch_key(&self, row: usize) {
-        let (chunk, local) = self.locate(row);
-        prefetch(chunk.data.as_ptr().wrapping_add(chunk.offsets.get(local) as usize));
     }
 
     const HASH_IS_INJECTIVE: bool = false;
@@ -341,10 +299,6 @@ impl KeyColumn for FixedColumn<'_> {
 
     fn key(&self, row: usize) -> &[u8] {
         self.key_bytes(row)
-    }
-
-    fn prefetch_key(&self, row: usize) {
-        prefetch(self.data.as_ptr().wrapping_add(row * self.width));
     }
 
     const HASH_IS_INJECTIVE: bool = false;
@@ -601,17 +555,7 @@ fn number_partition<K: KeyColumn>(
     let mut table: Vec<(u64, u32)> = vec![(0, EMPTY); capacity];
     let mut first_rows: Vec<u32> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
-    for (i, ((&h, &row), out)) in hashes.iter().zip(rows).zip(local.iter_mut()).enumerate() {
-        if compare_keys {
-            // The rows of a partition lie far apart: start loading the keys compared a few rows on
-            // (locators first, then the bytes they point to), so the loads overlap.
-            if let Some(&ahead) = rows.get(i + 2 * PREFETCH_ROWS) {
-                keys.prefetch_locator(ahead as usize);
-            }
-            if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
-                keys.prefetch_key(ahead as usize);
-            }
-        }
+    for ((&h, &row), out) in hashes.iter().zip(rows).zip(local.iter_mut()) {
         let mut slot = (hash_u64(h) as usize) & (capacity - 1);
         let key = loop {
             let (slot_hash, key) = table[slot];
