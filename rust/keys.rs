@@ -10,10 +10,9 @@
 //! 3. number each partition's distinct hashes with a small open-addressing table that fits in cache;
 //! 4. renumber them by first appearance (the rank of each one's first row) and write the stable row
 //!    order that makes every prompt's rows contiguous;
-//!
-//! In step 3 a row joins a key only if its hash is equal and, for byte keys, its bytes are equal to
-//! the key's first row, so two distinct keys that share a hash stay apart. Integer keys skip the
-//! comparison (their hash is a bijection, so equal hashes mean equal keys).
+//! 5. check every row's key against its prompt's first key. Integer keys skip this (their hash is a
+//!    bijection, so equal hashes mean equal keys). If two distinct keys share a hash, steps 3-4 run
+//!    again with the table comparing keys wherever hashes are equal, which separates them exactly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -377,11 +376,31 @@ fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, Stri
     if n > u32::MAX as usize {
         return Err(format!("{n} rows are more than {} that one grouping takes", u32::MAX));
     }
-    // Integer keys need no comparison: equal hashes of the full mix mean equal integers. Other keys
-    // are compared while each partition is numbered: its rows come in increasing order, so their
-    // keys are read in memory order, and its keys' first rows stay in cache.
-    let compare_keys = !(K::HASH_IS_INJECTIVE && hash_mask == u64::MAX);
-    Ok(group_by_hash(keys, hash_mask, compare_keys))
+    let by_hash = group_by_hash(keys, hash_mask, false);
+    // Integer keys need no check: equal hashes of the full mix mean equal integers.
+    if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
+        return Ok(by_hash);
+    }
+    // Check every row against its prompt's first row, prompt by prompt (the first key stays in
+    // cache while its rows are compared). Only if two distinct keys share a hash is the grouping
+    // redone, comparing keys wherever hashes meet.
+    let mut starts = Vec::with_capacity(by_hash.sizes.len());
+    let mut total = 0usize;
+    for &size in &by_hash.sizes {
+        starts.push(total);
+        total += size as usize;
+    }
+    let order = &by_hash.order;
+    let exact = starts.par_iter().zip(&by_hash.sizes).all(|(&start, &size)| {
+        let rows = &order[start..start + size as usize];
+        let first = keys.key(rows[0] as usize);
+        rows[1..].iter().all(|&row| keys.key(row as usize) == first)
+    });
+    Ok(if exact {
+        by_hash
+    } else {
+        group_by_hash(keys, hash_mask, true)
+    })
 }
 
 /// Groups rows by hash; with `compare_keys`, rows of equal hashes join only if their keys are equal.
