@@ -2,9 +2,12 @@
 //! permutations that bring rows into group order and back.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rayon::prelude::*;
+
+use crate::real::Real;
+use crate::scoring::{score_into, ScoreOutputs, Scores, Wanted};
 
 /// Groups below this many items in total are scored on one thread.
 const LEAF_ITEMS: usize = 1 << 14;
@@ -101,31 +104,94 @@ pub fn check_permutation(order: &[i64]) -> Result<(), String> {
     })
 }
 
-/// `(x[order[j]], y[order[j]])` for every `j`: two columns put in group order in one pass.
-/// `order` must be a checked permutation.
-pub fn gather_pair<T: Copy + Send + Sync>(x: &[T], y: &[T], order: &[i64]) -> (Vec<T>, Vec<T>) {
-    order.par_iter().map(|&row| (x[row as usize], y[row as usize])).unzip()
-}
-
-/// The inverse of [`gather_pair`] for any number of columns, in one pass: each non-empty column
-/// `c` is replaced by `out` with `out[order[j]] = c[j]`, results put back in row order. `order`
-/// must be a checked permutation of `0..c.len()`.
-pub fn scatter_columns(columns: &mut [&mut Vec<f64>], order: &[i64]) {
-    let wanted: Vec<usize> = (0..columns.len()).filter(|&k| !columns[k].is_empty()).collect();
-    let mut scattered: Vec<Vec<f64>> = wanted.iter().map(|&k| vec![0.0; columns[k].len()]).collect();
-    {
-        let grouped: Vec<&[f64]> = wanted.iter().map(|&k| columns[k].as_slice()).collect();
-        let writers: Vec<DisjointWriter<'_, f64>> = scattered.iter_mut().map(|c| DisjointWriter::new(c)).collect();
-        order.par_iter().enumerate().for_each(|(j, &row)| {
-            for (writer, values) in writers.iter().zip(&grouped) {
-                // SAFETY: `order` is a permutation, so every row is written by exactly one iteration.
-                unsafe { writer.write(row as usize, values[j]) };
+/// The `wanted` scores of rows that `order` brings into the contiguous groups of `offsets`: item
+/// outputs in row order, group outputs in group order. `order` must hold `logprobs.len()` rows and
+/// `offsets` be validated; an `order` that is not a permutation is an error.
+///
+/// Each leaf range of groups (a few thousand items) claims its rows in a shared bit set (which
+/// checks the permutation on the way), is gathered into buffers of its own, scored there, and its
+/// item outputs written straight to their rows: no reordered copy of the inputs or outputs is ever
+/// made, and every random access happens once, in parallel.
+pub fn score_in_order<T: Real>(
+    logprobs: &[T],
+    rewards: &[T],
+    order: &[i64],
+    offsets: &[i64],
+    wanted: Wanted,
+) -> Result<Scores, String> {
+    let (n, g) = (logprobs.len(), offsets.len().saturating_sub(1));
+    let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
+    let mut s = Scores {
+        z_logprob: zeros(wanted.z_scores, n),
+        z_reward: zeros(wanted.z_scores, n),
+        pacs: zeros(wanted.pacs, n),
+        group_conflict: zeros(wanted.conflict, g),
+        kendall_tau: zeros(wanted.kendall, g),
+        degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
+    };
+    if g == 0 {
+        return Ok(s);
+    }
+    let claimed: Vec<AtomicU64> = (0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+    let is_permutation = AtomicBool::new(true);
+    let item_writers = [
+        wanted.z_scores.then(|| DisjointWriter::new(&mut s.z_logprob)),
+        wanted.z_scores.then(|| DisjointWriter::new(&mut s.z_reward)),
+        wanted.pacs.then(|| DisjointWriter::new(&mut s.pacs)),
+    ];
+    let group_outputs = ScoreOutputs {
+        group_conflict: wanted.conflict.then_some(s.group_conflict.as_mut_slice()),
+        kendall_tau: wanted.kendall.then_some(s.kendall_tau.as_mut_slice()),
+        degenerate: wanted.conflict.then_some(s.degenerate.as_mut_slice()),
+        ..Default::default()
+    };
+    for_each_group_range(offsets, group_outputs, &|range: &[i64], out: ScoreOutputs| {
+        let rows = &order[range[0] as usize..range[range.len() - 1] as usize];
+        let claim = |row: i64| {
+            let bit = 1u64 << (row as u64 % 64);
+            (row as u64) < n as u64 && claimed[row as usize / 64].fetch_or(bit, Ordering::Relaxed) & bit == 0
+        };
+        // Claim every row first: the atomic updates would stall the gather's loads if interleaved.
+        if !rows.iter().all(|&row| claim(row)) {
+            is_permutation.store(false, Ordering::Relaxed);
+            return;
+        }
+        let (l, r): (Vec<T>, Vec<T>) = rows
+            .iter()
+            .map(|&row| (logprobs[row as usize], rewards[row as usize]))
+            .unzip();
+        let local_offsets: Vec<i64> = range.iter().map(|&o| o - range[0]).collect();
+        let mut items: Vec<Vec<f64>> = item_writers
+            .iter()
+            .map(|w| if w.is_some() { vec![0.0; rows.len()] } else { Vec::new() })
+            .collect();
+        {
+            let [zl, zr, pacs] = items.as_mut_slice() else {
+                unreachable!()
+            };
+            let local = ScoreOutputs {
+                z_logprob: item_writers[0].is_some().then_some(zl.as_mut_slice()),
+                z_reward: item_writers[1].is_some().then_some(zr.as_mut_slice()),
+                pacs: item_writers[2].is_some().then_some(pacs.as_mut_slice()),
+                ..out
+            };
+            // One leaf range: score_into runs it on this thread.
+            score_into(&l, &r, &local_offsets, local);
+        }
+        for (writer, values) in item_writers.iter().zip(&items) {
+            if let Some(writer) = writer {
+                for (&row, &value) in rows.iter().zip(values) {
+                    // SAFETY: this leaf claimed each of its rows, so no other iteration writes it.
+                    unsafe { writer.write(row as usize, value) };
+                }
             }
-        });
+        }
+    });
+    if !is_permutation.into_inner() {
+        // Name the first offending entry (a second pass, on bad input only).
+        check_permutation(order)?;
     }
-    for (&k, values) in wanted.iter().zip(scattered) {
-        *columns[k] = values;
-    }
+    Ok(s)
 }
 
 /// A slice that many threads write at once, at indices that never repeat: the scattered writes of a
@@ -165,6 +231,7 @@ impl<'a, T: Copy> DisjointWriter<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scoring::score;
 
     #[test]
     fn group_order_is_a_stable_counting_sort() {
@@ -198,18 +265,55 @@ mod tests {
         assert!(check_permutation(&[1, 0, 1])
             .unwrap_err()
             .contains("order[2] is 1, which appears twice"));
-        let (x, y) = ([10.0, 11.0, 12.0, 13.0], [0.0, 1.0, 2.0, 3.0]);
-        let (mut gx, mut gy) = gather_pair(&x, &y, &order);
-        assert_eq!((&gx, &gy), (&vec![12.0, 10.0, 13.0, 11.0], &vec![2.0, 0.0, 3.0, 1.0]));
-        let mut unwanted = Vec::new();
-        scatter_columns(&mut [&mut gx, &mut unwanted, &mut gy], &order);
-        assert_eq!((gx, gy), (x.to_vec(), y.to_vec()));
-        assert!(unwanted.is_empty());
         let big: Vec<i64> = (0..100_000).map(|i| (i * 7919) % 100_000).collect();
         assert!(check_permutation(&big).is_ok());
-        let values: Vec<f64> = (0..100_000).map(|i| i as f64 * 0.5).collect();
-        let (mut grouped, _) = gather_pair(&values, &values, &big);
-        scatter_columns(&mut [&mut grouped], &big);
-        assert_eq!(grouped, values);
+    }
+
+    #[test]
+    fn scores_in_order_match_scores_of_the_reordered_rows() {
+        // Ragged groups (0 to 12 items, some far above a leaf) over a scrambled row order.
+        let mut offsets = vec![0i64];
+        for g in 0..20_000i64 {
+            let size = if g % 5000 == 7 { 40_000 } else { (g * 7919) % 13 };
+            offsets.push(offsets.last().unwrap() + size);
+        }
+        let n = *offsets.last().unwrap() as usize;
+        let order: Vec<i64> = (0..n as i64).map(|i| (i * 7919 + 3) % n as i64).collect();
+        assert!(check_permutation(&order).is_ok());
+        let l: Vec<f32> = (0..n).map(|i| ((i * 31) % 97) as f32).collect();
+        let r: Vec<f32> = (0..n).map(|i| ((i * 53) % 89) as f32).collect();
+        let (gl, gr): (Vec<f32>, Vec<f32>) = order.iter().map(|&row| (l[row as usize], r[row as usize])).unzip();
+        let grouped = score(&gl, &gr, &offsets, Wanted::ALL);
+        let in_order = score_in_order(&l, &r, &order, &offsets, Wanted::ALL).unwrap();
+        let mut expected = vec![0.0; n];
+        for (column, got) in [
+            (&grouped.z_logprob, &in_order.z_logprob),
+            (&grouped.z_reward, &in_order.z_reward),
+            (&grouped.pacs, &in_order.pacs),
+        ] {
+            for (j, &row) in order.iter().enumerate() {
+                expected[row as usize] = column[j];
+            }
+            assert_eq!(&expected, got);
+        }
+        assert_eq!(grouped.group_conflict, in_order.group_conflict);
+        assert_eq!(grouped.degenerate, in_order.degenerate);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&grouped.kendall_tau), bits(&in_order.kendall_tau));
+        let pacs_only = score_in_order(&l, &r, &order, &offsets, Wanted::PACS).unwrap();
+        assert_eq!(pacs_only.pacs, in_order.pacs);
+        assert!(pacs_only.z_logprob.is_empty() && pacs_only.kendall_tau.is_empty());
+        let mut twice = order.clone();
+        twice[n - 1] = twice[0];
+        assert!(score_in_order(&l, &r, &twice, &offsets, Wanted::ALL)
+            .err()
+            .is_some_and(|e| e.contains(&format!("order[{}] is {}, which appears twice", n - 1, order[0]))));
+        let mut outside = order.clone();
+        outside[5] = n as i64;
+        assert!(score_in_order(&l, &r, &outside, &offsets, Wanted::ALL)
+            .err()
+            .is_some_and(|e| e.contains("order[5] is")));
+        let empty = score_in_order::<f64>(&[], &[], &[], &[0], Wanted::ALL).unwrap();
+        assert!(empty.pacs.is_empty() && empty.group_conflict.is_empty());
     }
 }

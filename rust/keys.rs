@@ -548,7 +548,9 @@ fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> 
     }
     drop(part_rows);
     drop(local);
-    let contiguous = order.par_iter().enumerate().all(|(i, &row)| row == i as i64);
+    // Every row before prompt p + 1's first row belongs to prompts 0..=p, so when each prompt
+    // starts where the order puts it, induction makes the order the identity (and conversely).
+    let contiguous = first_rows.iter().zip(&starts).all(|(first, start)| first == start);
     Grouping {
         order,
         sizes,
@@ -673,6 +675,10 @@ mod tests {
         let g = group_keys(&Keys::U32(&[5, 5, 1]), u64::MAX).unwrap();
         assert!(g.contiguous);
         assert_eq!(g.sizes, vec![2, 1]);
+        // A row of prompt 0 after prompt 1 first appears; then rows already grouped, at scale.
+        assert!(!group_keys(&Keys::I64(&[1, 1, 2, 1]), u64::MAX).unwrap().contiguous);
+        let sorted: Vec<i64> = (0..100_000).map(|i| i / 7).collect();
+        assert_eq!(group_keys(&Keys::I64(&sorted), u64::MAX).unwrap(), reference(&sorted));
     }
 
     #[test]

@@ -362,20 +362,9 @@ fn reorder_and_score<'py>(
         )));
     }
     groups::validate_offsets(offsets, pair.len()).map_err(ShfcasValueError::new_err)?;
-    let scores = run_detached(py, || {
-        groups::check_permutation(order)?;
-        let mut s = match pair {
-            Pair::F64(a, b) => {
-                let (a, b) = groups::gather_pair(a, b, order);
-                scoring::score(&a, &b, offsets, wanted)
-            }
-            Pair::F32(a, b) => {
-                let (a, b) = groups::gather_pair(a, b, order);
-                scoring::score(&a, &b, offsets, wanted)
-            }
-        };
-        groups::scatter_columns(&mut [&mut s.z_logprob, &mut s.z_reward, &mut s.pacs], order);
-        Ok::<_, String>(s)
+    let scores = run_detached(py, || match pair {
+        Pair::F64(a, b) => groups::score_in_order(a, b, order, offsets, wanted),
+        Pair::F32(a, b) => groups::score_in_order(a, b, order, offsets, wanted),
     })?;
     scores.map_err(ShfcasValueError::new_err)
 }
