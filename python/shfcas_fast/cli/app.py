@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from typing import Annotated
 
 import pyarrow as pa
@@ -59,23 +57,3 @@ def start(
     # freed memory for reuse; the system allocator hands it back at once, which on 10M-row files
     # lowers peak memory by about a quarter and halves the time spent faulting pages in.
     pa.set_memory_pool(pa.system_memory_pool())
-    _map_large_allocations()
-
-
-# glibc's mallopt parameter for the size above which malloc maps memory of its own.
-_M_MMAP_THRESHOLD = -3
-
-
-def _map_large_allocations() -> None:
-    """Make glibc return every freed block above 128 KiB to the system at once (its initial setting).
-
-    By default glibc raises that threshold each time a large block is freed (up to 32 MiB), after
-    which batch-sized buffers come from its heaps and their memory is kept when freed: streaming a
-    file then grows resident memory with every batch (about 600 bytes per prompt of 8 rows,
-    measured by ``benches/bench_cli.py --grouped-scaling``) instead of staying flat.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, 128 << 10)

@@ -25,6 +25,7 @@ from ._common import (
     EngineOption,
     PartitionsOption,
     RayAddressOption,
+    map_large_allocations,
     refuse_with_ray,
     InputArgument,
     NanPolicyOption,
@@ -103,6 +104,8 @@ def score_command(
         )
         echo_summary(ray_summary, output, quiet=quiet)
         return
+    if grouped:
+        map_large_allocations()
     summary = score_file(
         input_path,
         output,
