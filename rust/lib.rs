@@ -115,6 +115,27 @@ fn run_detached<R: Send>(py: Python<'_>, work: impl FnOnce() -> R + Send) -> PyR
     })
 }
 
+/// (z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate) as numpy arrays.
+type ScoreArrays<'py> = (
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<bool>>,
+);
+
+fn score_arrays(py: Python<'_>, s: scoring::Scores) -> ScoreArrays<'_> {
+    (
+        s.z_logprob.into_pyarray(py),
+        s.z_reward.into_pyarray(py),
+        s.pacs.into_pyarray(py),
+        s.group_conflict.into_pyarray(py),
+        s.kendall_tau.into_pyarray(py),
+        s.degenerate.into_pyarray(py),
+    )
+}
+
 /// Scores grouped items after checking the two arrays and the offsets.
 fn score_grouped<'py>(
     py: Python<'py>,
@@ -164,20 +185,12 @@ fn pacs<'py>(
 
 /// Every conflict measure: (z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate).
 #[pyfunction]
-#[allow(clippy::type_complexity)]
 fn score<'py>(
     py: Python<'py>,
     logprobs: FloatArray<'py>,
     rewards: FloatArray<'py>,
     offsets: PyReadonlyArray1<'py, i64>,
-) -> PyResult<(
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<bool>>,
-)> {
+) -> PyResult<ScoreArrays<'py>> {
     let s = score_grouped(
         py,
         (&logprobs, &rewards),
@@ -185,14 +198,7 @@ fn score<'py>(
         &offsets,
         Wanted::ALL,
     )?;
-    Ok((
-        s.z_logprob.into_pyarray(py),
-        s.z_reward.into_pyarray(py),
-        s.pacs.into_pyarray(py),
-        s.group_conflict.into_pyarray(py),
-        s.kendall_tau.into_pyarray(py),
-        s.degenerate.into_pyarray(py),
-    ))
+    Ok(score_arrays(py, s))
 }
 
 /// tau-b of each group.
@@ -391,21 +397,13 @@ fn pacs_reordered<'py>(
 
 /// Every conflict measure of rows grouped by `order`: item outputs in row order, group outputs in group order.
 #[pyfunction]
-#[allow(clippy::type_complexity)]
 fn score_reordered<'py>(
     py: Python<'py>,
     logprobs: FloatArray<'py>,
     rewards: FloatArray<'py>,
     order: PyReadonlyArray1<'py, i64>,
     offsets: PyReadonlyArray1<'py, i64>,
-) -> PyResult<(
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<bool>>,
-)> {
+) -> PyResult<ScoreArrays<'py>> {
     let s = reorder_and_score(
         py,
         (&logprobs, &rewards),
@@ -414,14 +412,7 @@ fn score_reordered<'py>(
         &offsets,
         Wanted::ALL,
     )?;
-    Ok((
-        s.z_logprob.into_pyarray(py),
-        s.z_reward.into_pyarray(py),
-        s.pacs.into_pyarray(py),
-        s.group_conflict.into_pyarray(py),
-        s.kendall_tau.into_pyarray(py),
-        s.degenerate.into_pyarray(py),
-    ))
+    Ok(score_arrays(py, s))
 }
 
 /// tau-b of each group of rows grouped by `order`.

@@ -96,6 +96,21 @@ def test_the_engine_imports_without_torch_and_loads_the_gpu_api_on_use():
     assert _run_python(code).splitlines() == ["False", "True True"]
 
 
+def test_scoring_imports_no_module_on_first_use():
+    # A module imported by the first call would be mid-import in one thread while another forks, and
+    # the child would wait forever on its import lock (numpy.ma, loaded lazily by numpy, did that).
+    code = (
+        "import sys, numpy as np, shfcas_fast\n"
+        "before = set(sys.modules)\n"
+        "x = np.arange(64.0)\n"
+        "scores = shfcas_fast.score(x, x[::-1].copy(), 8)\n"
+        "shfcas_fast.select(scores, budget=2)\n"
+        "shfcas_fast.kendall_tau(x, x)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    assert _run_python(code).strip() == "[]"
+
+
 # Runs in a fresh interpreter (a hang must fail the test, not freeze the test run). Each forked child
 # scores 100k items and exits; the parent kills a child that is not done after CHILD_TIMEOUT seconds.
 _FORK_SCRIPT = r"""

@@ -11,6 +11,11 @@ from typing import Any
 
 import numpy as np
 
+# numpy loads numpy.ma lazily, on first use: import it with the package instead, so that no call into
+# the engine imports a module (a fork while another thread is mid-import would leave the child
+# waiting forever on that module's import lock).
+import numpy.ma  # noqa: F401
+
 from . import _core
 from .errors import ShfcasTypeError, ShfcasValueError
 
