@@ -120,15 +120,7 @@ pub fn score_in_order<T: Real>(
     wanted: Wanted,
 ) -> Result<Scores, String> {
     let (n, g) = (logprobs.len(), offsets.len().saturating_sub(1));
-    let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
-    let mut s = Scores {
-        z_logprob: zeros(wanted.z_scores, n),
-        z_reward: zeros(wanted.z_scores, n),
-        pacs: zeros(wanted.pacs, n),
-        group_conflict: zeros(wanted.conflict, g),
-        kendall_tau: zeros(wanted.kendall, g),
-        degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
-    };
+    let mut s = Scores::zeroed(n, g, wanted);
     if g == 0 {
         return Ok(s);
     }

@@ -63,6 +63,21 @@ pub struct Scores {
     pub degenerate: Vec<bool>,
 }
 
+impl Scores {
+    /// Zeroed outputs for `n` items and `g` groups; the ones not `wanted` are left empty.
+    pub fn zeroed(n: usize, g: usize, wanted: Wanted) -> Self {
+        let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
+        Scores {
+            z_logprob: zeros(wanted.z_scores, n),
+            z_reward: zeros(wanted.z_scores, n),
+            pacs: zeros(wanted.pacs, n),
+            group_conflict: zeros(wanted.conflict, g),
+            kendall_tau: zeros(wanted.kendall, g),
+            degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
+        }
+    }
+}
+
 /// Where [`score_into`] writes: `n` items and `g` groups; a `None` output is not computed.
 ///
 /// Item outputs must hold `n` values and group outputs `g`; outputs must start zeroed (a group of
@@ -238,15 +253,7 @@ pub fn score_into<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], out: 
 /// The `wanted` outputs of [`score_into`], in freshly allocated vectors.
 pub fn score<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], wanted: Wanted) -> Scores {
     let (n, g) = (logprobs.len(), offsets.len().saturating_sub(1));
-    let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
-    let mut s = Scores {
-        z_logprob: zeros(wanted.z_scores, n),
-        z_reward: zeros(wanted.z_scores, n),
-        pacs: zeros(wanted.pacs, n),
-        group_conflict: zeros(wanted.conflict, g),
-        kendall_tau: zeros(wanted.kendall, g),
-        degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
-    };
+    let mut s = Scores::zeroed(n, g, wanted);
     let out = ScoreOutputs {
         z_logprob: wanted.z_scores.then_some(s.z_logprob.as_mut_slice()),
         z_reward: wanted.z_scores.then_some(s.z_reward.as_mut_slice()),
