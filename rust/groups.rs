@@ -64,7 +64,7 @@ where
 
 /// The stable order that makes equal group ids contiguous (a counting sort): rows of group 0 first,
 /// each group's rows in their original order. Every id must lie in `[0, num_groups)`.
-pub fn stable_group_order(ids: &[i32], num_groups: usize) -> Result<Vec<i64>, String> {
+pub fn stable_group_order(ids: &[i64], num_groups: usize) -> Result<Vec<i64>, String> {
     let mut next = vec![0usize; num_groups + 1];
     for (row, &id) in ids.iter().enumerate() {
         if id < 0 || id as usize >= num_groups {

@@ -5,15 +5,19 @@
 //! returns 8 (the row order):
 //!
 //! 1. hash every row in parallel (integers by a bijective mix of their value, bytes by [`hash_bytes`]);
-//! 2. radix-partition `(hash, row)` by the hash's top bits, stably, so each partition lists its rows
-//!    in increasing order and every hash lives in exactly one partition;
-//! 3. number each partition's distinct hashes with a small open-addressing table that fits in cache;
-//! 4. renumber them by first appearance (the rank of each one's first row) and write the stable row
-//!    order that makes every prompt's rows contiguous;
-//! 5. check every row's key against its prompt's first key. Integer keys skip this (their hash is a
-//!    bijection, so equal hashes mean equal keys). If two distinct keys share a hash, steps 3-4 run
-//!    again with the table comparing keys wherever hashes are equal, which separates them exactly.
+//! 2. radix-partition the rows by the hash's top bits (`Partitioned`), stably, so each partition
+//!    lists its rows in increasing order and every hash lives in exactly one partition;
+//! 3. number each partition's distinct hashes with a small open-addressing table that fits in cache
+//!    (`PartitionKeys`), and check every row's key against its key's first row. Integer keys skip
+//!    the check (their hash is a bijection, so equal hashes mean equal keys). If two distinct keys
+//!    share a hash, the partition is numbered again with the table comparing keys wherever hashes
+//!    are equal, which separates them exactly;
+//! 4. renumber the keys of all partitions by first appearance (`Prompts`) and write the stable row
+//!    order that makes every prompt's rows contiguous.
+//!
+//! [`crate::keyed`] runs steps 1-4 with each row's values carried along, scoring as it groups.
 
+use std::borrow::Borrow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
@@ -21,7 +25,7 @@ use rayon::prelude::*;
 use crate::groups::DisjointWriter;
 
 /// Rows per parallel task when hashing and partitioning.
-const ROW_CHUNK: usize = 1 << 16;
+pub(crate) const ROW_CHUNK: usize = 1 << 16;
 /// Rows per partition aimed at: one partition's table and first rows stay in a core's cache.
 const PARTITION_ROWS: usize = 1 << 14;
 /// At most this many partitions (the partitioning writes to one stream per partition).
@@ -156,7 +160,7 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 }
 
 /// A key column as the grouping sees it: hashes of row ranges and the key of a row, to compare.
-trait KeyColumn: Sync {
+pub(crate) trait KeyColumn: Sync {
     /// A row's key, borrowed: equal keys compare equal.
     type Key<'k>: PartialEq + Send + Sync
     where
@@ -316,15 +320,19 @@ pub struct Grouping {
     /// Whether `order` is the identity (every prompt's rows already adjacent, in first-appearance order).
     pub contiguous: bool,
 }
+/// Work that runs on any key column: [`run_on_keys`] validates a [`Keys`] and hands its column over.
+pub(crate) trait ColumnTask {
+    type Output;
+    fn run<K: KeyColumn>(self, keys: &K) -> Result<Self::Output, String>;
+}
 
-/// Groups the rows of `keys`. `hash_mask` is ANDed into every hash: `u64::MAX` in use; tests pass a
-/// narrow mask to force collisions between distinct keys through the exact comparison.
-pub fn group_keys(keys: &Keys<'_>, hash_mask: u64) -> Result<Grouping, String> {
+/// Validates `keys` and runs `task` on its column.
+pub(crate) fn run_on_keys<Task: ColumnTask>(keys: &Keys<'_>, task: Task) -> Result<Task::Output, String> {
     match keys {
-        Keys::I64(k) => group_column(&IntColumn(k), hash_mask),
-        Keys::I32(k) => group_column(&IntColumn(k), hash_mask),
-        Keys::U64(k) => group_column(&IntColumn(k), hash_mask),
-        Keys::U32(k) => group_column(&IntColumn(k), hash_mask),
+        Keys::I64(k) => task.run(&IntColumn(k)),
+        Keys::I32(k) => task.run(&IntColumn(k)),
+        Keys::U64(k) => task.run(&IntColumn(k)),
+        Keys::U32(k) => task.run(&IntColumn(k)),
         Keys::Bytes(chunks) => {
             let mut starts = Vec::with_capacity(chunks.len() + 1);
             starts.push(0usize);
@@ -333,9 +341,9 @@ pub fn group_keys(keys: &Keys<'_>, hash_mask: u64) -> Result<Grouping, String> {
                 starts.push(starts[c] + chunk.rows());
             }
             if chunks.is_empty() {
-                return group_column(&IntColumn::<i64>(&[]), hash_mask);
+                return task.run(&IntColumn::<i64>(&[]));
             }
-            group_column(&BytesColumn { chunks, starts }, hash_mask)
+            task.run(&BytesColumn { chunks, starts })
         }
         &Keys::Fixed {
             data,
@@ -353,61 +361,73 @@ pub fn group_keys(keys: &Keys<'_>, hash_mask: u64) -> Result<Grouping, String> {
                     "fixed-width keys: width {width} is not a multiple of {strip_unit}"
                 ));
             }
-            group_column(
-                &FixedColumn {
-                    data,
-                    width,
-                    strip_unit,
-                },
-                hash_mask,
-            )
+            task.run(&FixedColumn {
+                data,
+                width,
+                strip_unit,
+            })
         }
     }
 }
 
-/// One partition's keys: their first rows (increasing) and row counts, numbered locally.
-struct PartitionKeys {
-    first_rows: Vec<u32>,
-    counts: Vec<u32>,
+/// Groups the rows of `keys`. `hash_mask` is ANDed into every hash: `u64::MAX` in use; tests pass a
+/// narrow mask to force collisions between distinct keys through the exact comparison.
+pub fn group_keys(keys: &Keys<'_>, hash_mask: u64) -> Result<Grouping, String> {
+    run_on_keys(keys, GroupTask { hash_mask })
 }
 
-fn group_column<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Grouping, String> {
+struct GroupTask {
+    hash_mask: u64,
+}
+
+impl ColumnTask for GroupTask {
+    type Output = Grouping;
+
+    fn run<K: KeyColumn>(self, keys: &K) -> Result<Grouping, String> {
+        let hashes = hash_rows(keys, self.hash_mask)?;
+        let partitioned = Partitioned::new(&hashes, |row, hash| KeyEntry { hash, row });
+        drop(hashes);
+        let numbered: Vec<PartitionKeys> = partitioned
+            .partitions()
+            .into_par_iter()
+            .map(|entries| PartitionKeys::number(keys, self.hash_mask, entries))
+            .collect();
+        let prompts = Prompts::rank(&numbered, partitioned.entries.len());
+        let starts = prompts.starts();
+        let mut order = vec![0i64; partitioned.entries.len()];
+        {
+            let order_writer = DisjointWriter::new(&mut order);
+            partitioned
+                .partitions()
+                .into_par_iter()
+                .zip(&numbered)
+                .zip(&prompts.ids)
+                .for_each(|((entries, part), ids)| {
+                    let mut next: Vec<i64> = ids.iter().map(|&id| starts[id as usize]).collect();
+                    for (entry, &key) in entries.iter().zip(&part.local) {
+                        let key = key as usize;
+                        // SAFETY: a key lives in one partition, and its `sizes[id]` slots from
+                        // `starts[id]` are handed out one row at a time.
+                        unsafe { order_writer.write(next[key] as usize, i64::from(entry.row)) };
+                        next[key] += 1;
+                    }
+                });
+        }
+        Ok(Grouping {
+            order,
+            contiguous: prompts.contiguous(&starts),
+            sizes: prompts.sizes,
+            first_rows: prompts.first_rows,
+        })
+    }
+}
+
+/// The 64-bit hash of every row, `hash_mask` applied; refuses more rows than a `u32` numbers.
+pub(crate) fn hash_rows<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Vec<u64>, String> {
     let n = keys.len();
     if n > u32::MAX as usize {
         return Err(format!("{n} rows are more than {} that one grouping takes", u32::MAX));
     }
-    let by_hash = group_by_hash(keys, hash_mask, false);
-    // Integer keys need no check: equal hashes of the full mix mean equal integers.
-    if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
-        return Ok(by_hash);
-    }
-    // Check every row against its prompt's first row, prompt by prompt (the first key stays in
-    // cache while its rows are compared). Only if two distinct keys share a hash is the grouping
-    // redone, comparing keys wherever hashes meet.
-    let mut starts = Vec::with_capacity(by_hash.sizes.len());
-    let mut total = 0usize;
-    for &size in &by_hash.sizes {
-        starts.push(total);
-        total += size as usize;
-    }
-    let order = &by_hash.order;
-    let exact = starts.par_iter().zip(&by_hash.sizes).all(|(&start, &size)| {
-        let rows = &order[start..start + size as usize];
-        let first = keys.key(rows[0] as usize);
-        rows[1..].iter().all(|&row| keys.key(row as usize) == first)
-    });
-    Ok(if exact {
-        by_hash
-    } else {
-        group_by_hash(keys, hash_mask, true)
-    })
-}
-
-/// Groups rows by hash; with `compare_keys`, rows of equal hashes join only if their keys are equal.
-fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> Grouping {
-    let n = keys.len();
-
-    // 1. Hashes.
     let mut hashes = vec![0u64; n];
     hashes.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
         keys.hash_rows(c * ROW_CHUNK, out);
@@ -415,191 +435,209 @@ fn group_by_hash<K: KeyColumn>(keys: &K, hash_mask: u64, compare_keys: bool) -> 
             out.iter_mut().for_each(|h| *h &= hash_mask);
         }
     });
+    Ok(hashes)
+}
 
-    // 2. Stable radix partition of (hash, row) by the hash's top bits.
-    let bits = (n / PARTITION_ROWS).max(1).ilog2().min(MAX_PARTITION_BITS);
-    let partitions = 1usize << bits;
-    let partition_of = |h: u64| if bits == 0 { 0 } else { (h >> (64 - bits)) as usize };
-    let counts: Vec<Vec<usize>> = hashes
-        .par_chunks(ROW_CHUNK)
-        .map(|chunk| {
-            let mut count = vec![0usize; partitions];
-            chunk.iter().for_each(|&h| count[partition_of(h)] += 1);
-            count
-        })
-        .collect();
-    let partition_sizes: Vec<usize> = (0..partitions).map(|p| counts.iter().map(|c| c[p]).sum()).collect();
-    let mut part_hashes = vec![0u64; n];
-    let mut part_rows = vec![0u32; n];
-    {
-        // Cut both arrays into one piece per (chunk, partition), partition-major, and hand each
-        // chunk its pieces: every chunk writes its rows, in order, after the earlier chunks' rows.
-        let mut pieces: Vec<Vec<(&mut [u64], &mut [u32])>> = counts.iter().map(|_| Vec::new()).collect();
-        let (mut rest_h, mut rest_r) = (part_hashes.as_mut_slice(), part_rows.as_mut_slice());
-        for p in 0..partitions {
-            for (c, count) in counts.iter().enumerate() {
-                let (h, tail_h) = std::mem::take(&mut rest_h).split_at_mut(count[p]);
-                let (r, tail_r) = std::mem::take(&mut rest_r).split_at_mut(count[p]);
-                pieces[c].push((h, r));
-                (rest_h, rest_r) = (tail_h, tail_r);
-            }
-        }
-        hashes
-            .par_chunks(ROW_CHUNK)
-            .zip(pieces.into_par_iter())
+/// Whether every row's key equals the key of its prompt's first row (`index` numbers each row's
+/// prompt, `first_rows` each prompt's first row). The rows' own keys are read in order; each
+/// iteration is independent of the last, so the reads of first keys overlap.
+pub(crate) fn rows_match_first_keys<K: KeyColumn>(keys: &K, index: &[i64], first_rows: &[i64]) -> bool {
+    let first_keys: Vec<K::Key<'_>> = first_rows.par_iter().map(|&row| keys.key(row as usize)).collect();
+    index.par_chunks(ROW_CHUNK).enumerate().all(|(c, ids)| {
+        ids.iter()
             .enumerate()
-            .for_each(|(c, (chunk, mut pieces))| {
-                let mut next = vec![0usize; partitions];
-                for (i, &h) in chunk.iter().enumerate() {
-                    let p = partition_of(h);
-                    pieces[p].0[next[p]] = h;
-                    pieces[p].1[next[p]] = (c * ROW_CHUNK + i) as u32;
-                    next[p] += 1;
-                }
-            });
-    }
-    drop(hashes);
+            .all(|(i, &id)| keys.key(c * ROW_CHUNK + i) == first_keys[id as usize])
+    })
+}
 
-    // 3. Number the keys of each partition; `local` receives each entry's local key number.
-    let mut local = vec![0u32; n];
-    let partition_keys: Vec<PartitionKeys> = {
-        let mut slices = Vec::with_capacity(partitions);
-        let (mut h_rest, mut r_rest, mut l_rest) = (part_hashes.as_slice(), part_rows.as_slice(), local.as_mut_slice());
-        for &size in &partition_sizes {
-            let (h, h_tail) = h_rest.split_at(size);
-            let (r, r_tail) = r_rest.split_at(size);
-            let (l, l_tail) = std::mem::take(&mut l_rest).split_at_mut(size);
-            slices.push((h, r, l));
-            (h_rest, r_rest, l_rest) = (h_tail, r_tail, l_tail);
-        }
-        slices
-            .into_par_iter()
-            .map(|(h, r, l)| number_partition(keys, compare_keys, h, r, l))
-            .collect()
-    };
-    drop(part_hashes);
+/// What a partition holds of a row: at least its hash and its row number.
+pub(crate) trait Entry: Copy + Default + Send + Sync {
+    fn hash(&self) -> u64;
+    fn row(&self) -> u32;
+}
 
-    // 4. Renumber by first appearance: a key's number is the rank of its first row among first rows.
-    let words = n.div_ceil(64);
-    let firsts: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
-    partition_keys.par_iter().for_each(|part| {
-        for &row in &part.first_rows {
-            firsts[row as usize / 64].fetch_or(1 << (row % 64), Ordering::Relaxed);
-        }
-    });
-    let firsts: Vec<u64> = firsts.into_iter().map(AtomicU64::into_inner).collect();
-    let mut word_ranks = Vec::with_capacity(words);
-    let mut num_groups = 0usize;
-    for word in &firsts {
-        word_ranks.push(num_groups);
-        num_groups += word.count_ones() as usize;
-    }
-    let rank = |row: u32| {
-        let (w, b) = (row as usize / 64, row % 64);
-        word_ranks[w] + (firsts[w] & ((1u64 << b) - 1)).count_ones() as usize
-    };
-    let global: Vec<Vec<usize>> = partition_keys
-        .par_iter()
-        .map(|part| part.first_rows.iter().map(|&row| rank(row)).collect())
-        .collect();
-    let mut sizes = vec![0i64; num_groups];
-    let mut first_rows = vec![0i64; num_groups];
-    {
-        let (size_writer, first_writer) = (DisjointWriter::new(&mut sizes), DisjointWriter::new(&mut first_rows));
-        partition_keys.par_iter().zip(&global).for_each(|(part, ids)| {
-            for ((&count, &row), &id) in part.counts.iter().zip(&part.first_rows).zip(ids) {
-                // SAFETY: ids are ranks of distinct first rows, so no two keys share one.
-                unsafe {
-                    size_writer.write(id, i64::from(count));
-                    first_writer.write(id, i64::from(row));
-                }
-            }
-        });
-    }
-    let mut starts = Vec::with_capacity(num_groups);
-    let mut total = 0i64;
-    for &size in &sizes {
-        starts.push(total);
-        total += size;
-    }
+/// A row's hash and number: all that grouping alone needs.
+#[derive(Clone, Copy, Default)]
+struct KeyEntry {
+    hash: u64,
+    row: u32,
+}
 
-    // 5. Each row's place in the contiguous order.
-    let mut order = vec![0i64; n];
-    {
-        let order_writer = DisjointWriter::new(&mut order);
-        let mut slices = Vec::with_capacity(partitions);
-        let (mut r_rest, mut l_rest) = (part_rows.as_slice(), local.as_slice());
-        for &size in &partition_sizes {
-            let (r, r_tail) = r_rest.split_at(size);
-            let (l, l_tail) = l_rest.split_at(size);
-            slices.push((r, l));
-            (r_rest, l_rest) = (r_tail, l_tail);
-        }
-        slices.into_par_iter().zip(&global).for_each(|((rows, locals), ids)| {
-            let mut next: Vec<i64> = ids.iter().map(|&id| starts[id]).collect();
-            for (&row, &key) in rows.iter().zip(locals) {
-                let key = key as usize;
-                // SAFETY: a key lives in one partition, and its `sizes[id]` slots from `starts[id]`
-                // are handed out one row at a time.
-                unsafe { order_writer.write(next[key] as usize, i64::from(row)) };
-                next[key] += 1;
-            }
-        });
+impl Entry for KeyEntry {
+    fn hash(&self) -> u64 {
+        self.hash
     }
-    drop(part_rows);
-    drop(local);
-    // Every row before prompt p + 1's first row belongs to prompts 0..=p, so when each prompt
-    // starts where the order puts it, induction makes the order the identity (and conversely).
-    let contiguous = first_rows.iter().zip(&starts).all(|(first, start)| first == start);
-    Grouping {
-        order,
-        sizes,
-        first_rows,
-        contiguous,
+    fn row(&self) -> u32 {
+        self.row
     }
 }
 
-/// Numbers the keys of one partition (rows increasing), writing each entry's key number to `local`.
-/// With `compare_keys`, a row joins a key only if its hash is equal *and* its key is.
-fn number_partition<K: KeyColumn>(
-    keys: &K,
-    compare_keys: bool,
-    hashes: &[u64],
-    rows: &[u32],
-    local: &mut [u32],
-) -> PartitionKeys {
-    const EMPTY: u32 = u32::MAX;
-    let mut capacity = 1024usize;
-    // Slot: (hash, key number); EMPTY marks a free slot.
-    let mut table: Vec<(u64, u32)> = vec![(0, EMPTY); capacity];
-    let mut first_rows: Vec<u32> = Vec::new();
-    let mut counts: Vec<u32> = Vec::new();
-    for ((&h, &row), out) in hashes.iter().zip(rows).zip(local.iter_mut()) {
-        let mut slot = (hash_u64(h) as usize) & (capacity - 1);
-        let key = loop {
-            let (slot_hash, key) = table[slot];
-            if key == EMPTY {
-                let key = first_rows.len() as u32;
-                table[slot] = (h, key);
-                first_rows.push(row);
-                counts.push(0);
-                break key;
+/// Rows radix-partitioned by the top bits of their hash, stably: each partition lists its rows in
+/// increasing order, every hash lives in exactly one partition, and a partition's table and rows stay
+/// in a core's cache while it is worked on.
+pub(crate) struct Partitioned<E> {
+    bits: u32,
+    /// The entries, partition-major: partition `p` holds `entries[bounds[p]..bounds[p + 1]]`.
+    pub entries: Vec<E>,
+    bounds: Vec<usize>,
+    /// `piece_starts[c][p]`: where row chunk `c`'s rows of partition `p` start in `entries`.
+    piece_starts: Vec<Vec<usize>>,
+}
+
+impl<E: Entry> Partitioned<E> {
+    /// Partitions rows `0..hashes.len()`, making each row's entry with `entry(row, hash)`.
+    pub fn new(hashes: &[u64], entry: impl Fn(u32, u64) -> E + Sync) -> Self {
+        let n = hashes.len();
+        let bits = (n / PARTITION_ROWS).max(1).ilog2().min(MAX_PARTITION_BITS);
+        let partitions = 1usize << bits;
+        let counts: Vec<Vec<usize>> = hashes
+            .par_chunks(ROW_CHUNK)
+            .map(|chunk| {
+                let mut count = vec![0usize; partitions];
+                chunk.iter().for_each(|&h| count[partition_of(bits, h)] += 1);
+                count
+            })
+            .collect();
+        // Partition-major: partition p's rows of chunk 0, then of chunk 1, ...
+        let mut piece_starts = vec![vec![0usize; partitions]; counts.len()];
+        let mut bounds = Vec::with_capacity(partitions + 1);
+        let mut total = 0usize;
+        for p in 0..partitions {
+            bounds.push(total);
+            for (c, count) in counts.iter().enumerate() {
+                piece_starts[c][p] = total;
+                total += count[p];
             }
-            if slot_hash == h
-                && (!compare_keys || keys.key(row as usize) == keys.key(first_rows[key as usize] as usize))
-            {
-                break key;
-            }
-            slot = (slot + 1) & (capacity - 1);
-        };
-        counts[key as usize] += 1;
-        *out = key;
-        if first_rows.len() * 2 > capacity {
-            capacity *= 2;
-            table = rehash(&table, capacity);
+        }
+        bounds.push(total);
+        let mut entries = vec![E::default(); n];
+        {
+            let writer = DisjointWriter::new(&mut entries);
+            hashes
+                .par_chunks(ROW_CHUNK)
+                .zip(&piece_starts)
+                .enumerate()
+                .for_each(|(c, (chunk, starts))| {
+                    let mut next = starts.clone();
+                    for (i, &h) in chunk.iter().enumerate() {
+                        let p = partition_of(bits, h);
+                        // SAFETY: chunk c owns the slots of its pieces, handed out one row at a time.
+                        unsafe { writer.write(next[p], entry((c * ROW_CHUNK + i) as u32, h)) };
+                        next[p] += 1;
+                    }
+                });
+        }
+        Partitioned {
+            bits,
+            entries,
+            bounds,
+            piece_starts,
         }
     }
-    PartitionKeys { first_rows, counts }
+
+    /// Each partition's entries.
+    pub fn partitions(&self) -> Vec<&[E]> {
+        self.bounds.windows(2).map(|b| &self.entries[b[0]..b[1]]).collect()
+    }
+
+    /// Visits the rows of row chunk `c` (starting at row `c * ROW_CHUNK`, hashes `chunk`) in order,
+    /// calling `visit(i, p, e)` with each row's offset in the chunk, its partition and its index
+    /// inside that partition.
+    pub fn for_rows_of_chunk(&self, c: usize, chunk: &[u64], mut visit: impl FnMut(usize, usize, usize)) {
+        let mut next: Vec<usize> = self.piece_starts[c]
+            .iter()
+            .zip(&self.bounds)
+            .map(|(start, bound)| start - bound)
+            .collect();
+        for (i, &h) in chunk.iter().enumerate() {
+            let p = partition_of(self.bits, h);
+            visit(i, p, next[p]);
+            next[p] += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn partition_of(bits: u32, h: u64) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        (h >> (64 - bits)) as usize
+    }
+}
+
+/// One partition's keys, numbered locally in order of first appearance.
+pub(crate) struct PartitionKeys {
+    /// Each key's first row (increasing).
+    pub first_rows: Vec<u32>,
+    /// Each key's rows.
+    pub counts: Vec<u32>,
+    /// Each entry's key.
+    pub local: Vec<u32>,
+}
+
+impl PartitionKeys {
+    /// Numbers the keys of one partition's `entries` exactly: by hash, then every row is compared with
+    /// its key's first row unless the hash is known injective; if two distinct keys met on one hash,
+    /// the partition is numbered again comparing keys wherever hashes are equal (collisions stay in
+    /// their partition, so the rest is unaffected).
+    pub fn number<K: KeyColumn, E: Entry>(keys: &K, hash_mask: u64, entries: &[E]) -> Self {
+        let by_hash = Self::number_by(keys, false, entries);
+        if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
+            return by_hash;
+        }
+        let exact = entries.iter().zip(&by_hash.local).all(|(entry, &key)| {
+            let first = by_hash.first_rows[key as usize];
+            entry.row() == first || keys.key(entry.row() as usize) == keys.key(first as usize)
+        });
+        if exact {
+            by_hash
+        } else {
+            Self::number_by(keys, true, entries)
+        }
+    }
+
+    /// Numbers by hash; with `compare_keys`, a row joins a key only if its hash *and* its key are equal.
+    pub fn number_by<K: KeyColumn, E: Entry>(keys: &K, compare_keys: bool, entries: &[E]) -> Self {
+        const EMPTY: u32 = u32::MAX;
+        let mut capacity = 1024usize;
+        // Slot: (hash, key number); EMPTY marks a free slot.
+        let mut table: Vec<(u64, u32)> = vec![(0, EMPTY); capacity];
+        let mut first_rows: Vec<u32> = Vec::new();
+        let mut counts: Vec<u32> = Vec::new();
+        let mut local = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (h, row) = (entry.hash(), entry.row());
+            let mut slot = (hash_u64(h) as usize) & (capacity - 1);
+            let key = loop {
+                let (slot_hash, key) = table[slot];
+                if key == EMPTY {
+                    let key = first_rows.len() as u32;
+                    table[slot] = (h, key);
+                    first_rows.push(row);
+                    counts.push(0);
+                    break key;
+                }
+                if slot_hash == h
+                    && (!compare_keys || keys.key(row as usize) == keys.key(first_rows[key as usize] as usize))
+                {
+                    break key;
+                }
+                slot = (slot + 1) & (capacity - 1);
+            };
+            counts[key as usize] += 1;
+            local.push(key);
+            if first_rows.len() * 2 > capacity {
+                capacity *= 2;
+                table = rehash(&table, capacity);
+            }
+        }
+        PartitionKeys {
+            first_rows,
+            counts,
+            local,
+        }
+    }
 }
 
 /// The occupied slots of `table`, placed in a table of `capacity` slots.
@@ -613,6 +651,78 @@ fn rehash(table: &[(u64, u32)], capacity: usize) -> Vec<(u64, u32)> {
         grown[slot] = (h, key);
     }
     grown
+}
+
+/// Every prompt numbered by first appearance across partitions.
+pub(crate) struct Prompts {
+    /// `ids[p][k]`: the number of partition `p`'s key `k`.
+    pub ids: Vec<Vec<u32>>,
+    pub sizes: Vec<i64>,
+    pub first_rows: Vec<i64>,
+}
+
+impl Prompts {
+    /// Numbers the keys of all partitions (`n` rows) by the rank of their first row among first rows.
+    pub fn rank<P: Borrow<PartitionKeys> + Sync>(partitions: &[P], n: usize) -> Self {
+        let words = n.div_ceil(64);
+        let firsts: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        partitions.par_iter().for_each(|part| {
+            let part = part.borrow();
+            for &row in &part.first_rows {
+                firsts[row as usize / 64].fetch_or(1 << (row % 64), Ordering::Relaxed);
+            }
+        });
+        let firsts: Vec<u64> = firsts.into_iter().map(AtomicU64::into_inner).collect();
+        let mut word_ranks = Vec::with_capacity(words);
+        let mut num_groups = 0usize;
+        for word in &firsts {
+            word_ranks.push(num_groups);
+            num_groups += word.count_ones() as usize;
+        }
+        let rank = |row: u32| {
+            let (w, b) = (row as usize / 64, row % 64);
+            (word_ranks[w] + (firsts[w] & ((1u64 << b) - 1)).count_ones() as usize) as u32
+        };
+        let ids: Vec<Vec<u32>> = partitions
+            .par_iter()
+            .map(|part| part.borrow().first_rows.iter().map(|&row| rank(row)).collect())
+            .collect();
+        let mut sizes = vec![0i64; num_groups];
+        let mut first_rows = vec![0i64; num_groups];
+        {
+            let (size_writer, first_writer) = (DisjointWriter::new(&mut sizes), DisjointWriter::new(&mut first_rows));
+            partitions.par_iter().zip(&ids).for_each(|(part, ids)| {
+                let part = part.borrow();
+                for ((&count, &row), &id) in part.counts.iter().zip(&part.first_rows).zip(ids) {
+                    // SAFETY: ids are ranks of distinct first rows, so no two keys share one.
+                    unsafe {
+                        size_writer.write(id as usize, i64::from(count));
+                        first_writer.write(id as usize, i64::from(row));
+                    }
+                }
+            });
+        }
+        Prompts { ids, sizes, first_rows }
+    }
+
+    /// Where each prompt starts in the contiguous order.
+    pub fn starts(&self) -> Vec<i64> {
+        let mut total = 0i64;
+        self.sizes
+            .iter()
+            .map(|&size| {
+                total += size;
+                total - size
+            })
+            .collect()
+    }
+
+    /// Whether the rows are already contiguous. Every row before prompt p + 1's first row belongs to
+    /// prompts 0..=p, so when each prompt starts where the contiguous order puts it, induction makes
+    /// that order the identity (and conversely).
+    pub fn contiguous(&self, starts: &[i64]) -> bool {
+        self.first_rows.iter().zip(starts).all(|(first, start)| first == start)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod checks;
 pub mod groups;
 pub mod kendall;
+pub mod keyed;
 pub mod keys;
 pub mod pool;
 pub mod real;
@@ -125,6 +126,15 @@ type ScoreArrays<'py> = (
     Bound<'py, PyArray1<bool>>,
 );
 
+/// How rows fall into prompts, for Python: a per-row array (the row order or each row's prompt),
+/// sizes, first rows, and whether the rows are already contiguous.
+type GroupingArrays<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    bool,
+);
+
 fn score_arrays(py: Python<'_>, s: scoring::Scores) -> ScoreArrays<'_> {
     (
         s.z_logprob.into_pyarray(py),
@@ -238,7 +248,7 @@ fn top_k<'py>(py: Python<'py>, scores: FloatArray<'py>, k: usize) -> PyResult<Bo
 #[pyfunction]
 fn stable_group_order<'py>(
     py: Python<'py>,
-    ids: PyReadonlyArray1<'py, i32>,
+    ids: PyReadonlyArray1<'py, i64>,
     num_groups: usize,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let ids = ids
@@ -264,13 +274,45 @@ enum OffsetArray<'py> {
     I64(PyReadonlyArray1<'py, i64>),
 }
 
-/// A grouping as numpy arrays: (order, sizes, first_rows, contiguous).
-type GroupingArrays<'py> = (
-    Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<i64>>,
-    bool,
-);
+/// Prompt keys as the Python side hands them over, borrowed without copying: an integer array,
+/// fixed-width strings as `(data, width, strip_unit)`, or Arrow string chunks as `[(offsets, data)]`.
+#[derive(FromPyObject)]
+enum KeyArrays<'py> {
+    Ints(IntKeyArray<'py>),
+    Fixed((PyReadonlyArray1<'py, u8>, usize, usize)),
+    Bytes(Vec<(OffsetArray<'py>, PyReadonlyArray1<'py, u8>)>),
+}
+
+impl KeyArrays<'_> {
+    fn as_keys(&self) -> PyResult<keys::Keys<'_>> {
+        Ok(match self {
+            KeyArrays::Ints(IntKeyArray::I64(a)) => keys::Keys::I64(contiguous_slice(a, "keys")?),
+            KeyArrays::Ints(IntKeyArray::I32(a)) => keys::Keys::I32(contiguous_slice(a, "keys")?),
+            KeyArrays::Ints(IntKeyArray::U64(a)) => keys::Keys::U64(contiguous_slice(a, "keys")?),
+            KeyArrays::Ints(IntKeyArray::U32(a)) => keys::Keys::U32(contiguous_slice(a, "keys")?),
+            KeyArrays::Fixed((data, width, strip_unit)) => keys::Keys::Fixed {
+                data: contiguous_slice(data, "data")?,
+                width: *width,
+                strip_unit: *strip_unit,
+            },
+            KeyArrays::Bytes(chunks) => keys::Keys::Bytes(
+                chunks
+                    .iter()
+                    .map(|(offsets, data)| {
+                        let offsets = match offsets {
+                            OffsetArray::I32(o) => keys::Offsets::I32(contiguous_slice(o, "offsets")?),
+                            OffsetArray::I64(o) => keys::Offsets::I64(contiguous_slice(o, "offsets")?),
+                        };
+                        Ok(keys::ByteChunk {
+                            offsets,
+                            data: contiguous_slice(data, "data")?,
+                        })
+                    })
+                    .collect::<PyResult<Vec<_>>>()?,
+            ),
+        })
+    }
+}
 
 fn contiguous_slice<'a, T: numpy::Element>(array: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     array
@@ -278,8 +320,11 @@ fn contiguous_slice<'a, T: numpy::Element>(array: &'a PyReadonlyArray1<'_, T>, n
         .map_err(|_| ShfcasValueError::new_err(format!("{name} must be a contiguous 1-D array")))
 }
 
-/// Groups rows by key without the interpreter and returns the grouping as numpy arrays.
-fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
+/// Groups rows by prompt key: (order, sizes, first_rows, contiguous).
+#[pyfunction]
+#[pyo3(signature = (keys, hash_mask = u64::MAX))]
+fn group_keys<'py>(py: Python<'py>, keys: KeyArrays<'py>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
+    let keys = keys.as_keys()?;
     let grouping = run_detached(py, || keys::group_keys(&keys, hash_mask))?.map_err(ShfcasValueError::new_err)?;
     Ok((
         grouping.order.into_pyarray(py),
@@ -289,63 +334,45 @@ fn run_grouping<'py>(py: Python<'py>, keys: keys::Keys<'_>, hash_mask: u64) -> P
     ))
 }
 
-/// Groups rows by integer key: (order, sizes, first_rows, contiguous).
+/// Scores rows grouped by prompt key, rows in any order: the score arrays (item outputs in row
+/// order, the ones not `wanted` empty), then (index, sizes, first_rows, contiguous).
 #[pyfunction]
-#[pyo3(signature = (keys, hash_mask = u64::MAX))]
-fn group_int_keys<'py>(py: Python<'py>, keys: IntKeyArray<'py>, hash_mask: u64) -> PyResult<GroupingArrays<'py>> {
-    let keys = match &keys {
-        IntKeyArray::I64(a) => keys::Keys::I64(contiguous_slice(a, "keys")?),
-        IntKeyArray::I32(a) => keys::Keys::I32(contiguous_slice(a, "keys")?),
-        IntKeyArray::U64(a) => keys::Keys::U64(contiguous_slice(a, "keys")?),
-        IntKeyArray::U32(a) => keys::Keys::U32(contiguous_slice(a, "keys")?),
+#[pyo3(signature = (keys, logprobs, rewards, wanted, hash_mask = u64::MAX))]
+fn score_keys<'py>(
+    py: Python<'py>,
+    keys: KeyArrays<'py>,
+    logprobs: FloatArray<'py>,
+    rewards: FloatArray<'py>,
+    wanted: &str,
+    hash_mask: u64,
+) -> PyResult<(ScoreArrays<'py>, GroupingArrays<'py>)> {
+    let wanted = match wanted {
+        "all" => Wanted::ALL,
+        "pacs" => Wanted::PACS,
+        "kendall" => Wanted::KENDALL,
+        other => {
+            return Err(ShfcasValueError::new_err(format!(
+                "wanted must be \"all\", \"pacs\" or \"kendall\", got {other:?}"
+            )))
+        }
     };
-    run_grouping(py, keys, hash_mask)
-}
-
-/// Groups rows by byte-string key given as Arrow chunks of (offsets, data): (order, sizes, first_rows, contiguous).
-#[pyfunction]
-#[pyo3(signature = (chunks, hash_mask = u64::MAX))]
-fn group_byte_keys<'py>(
-    py: Python<'py>,
-    chunks: Vec<(OffsetArray<'py>, PyReadonlyArray1<'py, u8>)>,
-    hash_mask: u64,
-) -> PyResult<GroupingArrays<'py>> {
-    let chunks = chunks
-        .iter()
-        .map(|(offsets, data)| {
-            let offsets = match offsets {
-                OffsetArray::I32(o) => keys::Offsets::I32(contiguous_slice(o, "offsets")?),
-                OffsetArray::I64(o) => keys::Offsets::I64(contiguous_slice(o, "offsets")?),
-            };
-            Ok(keys::ByteChunk {
-                offsets,
-                data: contiguous_slice(data, "data")?,
-            })
-        })
-        .collect::<PyResult<Vec<_>>>()?;
-    run_grouping(py, keys::Keys::Bytes(chunks), hash_mask)
-}
-
-/// Groups rows by fixed-width byte key (numpy `S`/`U` data): (order, sizes, first_rows, contiguous).
-#[pyfunction]
-#[pyo3(signature = (data, width, strip_unit, hash_mask = u64::MAX))]
-fn group_fixed_keys<'py>(
-    py: Python<'py>,
-    data: PyReadonlyArray1<'py, u8>,
-    width: usize,
-    strip_unit: usize,
-    hash_mask: u64,
-) -> PyResult<GroupingArrays<'py>> {
-    let data = contiguous_slice(&data, "data")?;
-    run_grouping(
-        py,
-        keys::Keys::Fixed {
-            data,
-            width,
-            strip_unit,
-        },
-        hash_mask,
-    )
+    let names = ("logprobs", "rewards");
+    let pair = same_typed(logprobs.as_slice(names.0)?, rewards.as_slice(names.1)?, names)?;
+    let keys = keys.as_keys()?;
+    let keyed = run_detached(py, || match pair {
+        Pair::F64(a, b) => keyed::score_keys(&keys, a, b, wanted, hash_mask),
+        Pair::F32(a, b) => keyed::score_keys(&keys, a, b, wanted, hash_mask),
+    })?
+    .map_err(ShfcasValueError::new_err)?;
+    Ok((
+        score_arrays(py, keyed.scores),
+        (
+            keyed.index.into_pyarray(py),
+            keyed.sizes.into_pyarray(py),
+            keyed.first_rows.into_pyarray(py),
+            keyed.contiguous,
+        ),
+    ))
 }
 
 /// Scores rows that `order` brings into contiguous groups of `offsets`; item outputs come back in row order.
@@ -459,9 +486,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kendall_tau, m)?)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(stable_group_order, m)?)?;
-    m.add_function(wrap_pyfunction!(group_int_keys, m)?)?;
-    m.add_function(wrap_pyfunction!(group_byte_keys, m)?)?;
-    m.add_function(wrap_pyfunction!(group_fixed_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(group_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(score_keys, m)?)?;
     m.add_function(wrap_pyfunction!(pacs_reordered, m)?)?;
     m.add_function(wrap_pyfunction!(score_reordered, m)?)?;
     m.add_function(wrap_pyfunction!(kendall_tau_reordered, m)?)?;

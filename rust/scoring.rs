@@ -76,6 +76,18 @@ impl Scores {
             degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
         }
     }
+
+    /// Where [`score_into`] writes the `wanted` outputs (made by [`Scores::zeroed`] with the same `wanted`).
+    pub fn outputs(&mut self, wanted: Wanted) -> ScoreOutputs<'_> {
+        ScoreOutputs {
+            z_logprob: wanted.z_scores.then_some(self.z_logprob.as_mut_slice()),
+            z_reward: wanted.z_scores.then_some(self.z_reward.as_mut_slice()),
+            pacs: wanted.pacs.then_some(self.pacs.as_mut_slice()),
+            group_conflict: wanted.conflict.then_some(self.group_conflict.as_mut_slice()),
+            kendall_tau: wanted.kendall.then_some(self.kendall_tau.as_mut_slice()),
+            degenerate: wanted.conflict.then_some(self.degenerate.as_mut_slice()),
+        }
+    }
 }
 
 /// Where [`score_into`] writes: `n` items and `g` groups; a `None` output is not computed.
@@ -254,15 +266,7 @@ pub fn score_into<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], out: 
 pub fn score<T: Real>(logprobs: &[T], rewards: &[T], offsets: &[i64], wanted: Wanted) -> Scores {
     let (n, g) = (logprobs.len(), offsets.len().saturating_sub(1));
     let mut s = Scores::zeroed(n, g, wanted);
-    let out = ScoreOutputs {
-        z_logprob: wanted.z_scores.then_some(s.z_logprob.as_mut_slice()),
-        z_reward: wanted.z_scores.then_some(s.z_reward.as_mut_slice()),
-        pacs: wanted.pacs.then_some(s.pacs.as_mut_slice()),
-        group_conflict: wanted.conflict.then_some(s.group_conflict.as_mut_slice()),
-        kendall_tau: wanted.kendall.then_some(s.kendall_tau.as_mut_slice()),
-        degenerate: wanted.conflict.then_some(s.degenerate.as_mut_slice()),
-    };
-    score_into(logprobs, rewards, offsets, out);
+    score_into(logprobs, rewards, offsets, s.outputs(wanted));
     s
 }
 

@@ -19,7 +19,8 @@ from scipy import stats
 
 import shfcas_fast
 from shfcas_fast import ShfcasSelectionWarning, ShfcasTypeError, ShfcasValueError
-from shfcas_fast.grouping import _group
+from shfcas_fast import _core
+from shfcas_fast.grouping import _group, core_keys
 
 
 def reference_grouping(keys: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,6 +159,29 @@ def test_forced_hash_collisions_are_told_apart_by_exact_comparison(variant, mask
     # A narrow hash mask puts many distinct keys on one hash; only the exact comparison separates them.
     keys, python_keys = VARIANTS[variant]
     assert_grouping(_group(keys, "keys", hash_mask=mask), python_keys)
+
+
+@pytest.mark.parametrize("mask", [0, 0xF, 0xFFC0_0000_0000_0000])
+@pytest.mark.parametrize("variant", ["numpy int64", "arrow string", "arrow chunked, sliced", "numpy U", "numpy S"])
+def test_scoring_by_key_tells_forced_collisions_apart(rng, variant, mask):
+    # The one-call keyed scoring numbers keys by hash, then checks every row's key; a collision sends
+    # it back to numbering with exact comparisons. Its scores must equal the contiguous engine's on
+    # rows sorted by the dict-made grouping.
+    keys, python_keys = VARIANTS[variant]
+    index, order, sizes = reference_grouping(python_keys)
+    logprobs, rewards = rng.normal(size=len(python_keys)), rng.normal(size=len(python_keys))
+    (z_l, z_r, pacs, conflict, tau, degenerate), (keyed_index, keyed_sizes, _, _) = _core.score_keys(
+        core_keys(keys, "keys"), logprobs, rewards, "all", mask
+    )
+    expected = shfcas_fast.score(logprobs[order], rewards[order], sizes)
+    np.testing.assert_array_equal(keyed_index, index)
+    np.testing.assert_array_equal(keyed_sizes, sizes)
+    np.testing.assert_array_equal(pacs[order], expected.pacs)
+    np.testing.assert_array_equal(z_l[order], expected.z_logprob)
+    np.testing.assert_array_equal(z_r[order], expected.z_reward)
+    np.testing.assert_array_equal(conflict, expected.group_conflict)
+    np.testing.assert_array_equal(tau, expected.kendall_tau)
+    np.testing.assert_array_equal(degenerate, expected.degenerate)
 
 
 def test_large_shuffled_tables(rng):

@@ -19,9 +19,8 @@ __all__ = [
     "kendall_tau",
     "top_k",
     "stable_group_order",
-    "group_int_keys",
-    "group_byte_keys",
-    "group_fixed_keys",
+    "group_keys",
+    "score_keys",
     "pacs_reordered",
     "score_reordered",
     "kendall_tau_reordered",
@@ -56,21 +55,35 @@ def kendall_tau_grouped(
 ) -> npt.NDArray[np.float64]: ...
 def kendall_tau(x: _FloatArray, y: _FloatArray) -> float: ...
 def top_k(scores: _FloatArray, k: int) -> npt.NDArray[np.int64]: ...
-def stable_group_order(ids: npt.NDArray[np.int32], num_groups: int) -> npt.NDArray[np.int64]: ...
+def stable_group_order(ids: npt.NDArray[np.int64], num_groups: int) -> npt.NDArray[np.int64]: ...
 
 _IntArray = npt.NDArray[np.int64]
-#: (order [n], sizes [g], first_rows [g], contiguous): see ``shfcas_fast.KeyGroups``.
+#: (order [n], or for score_keys index [n]; sizes [g], first_rows [g], contiguous): see ``shfcas_fast.KeyGroups``.
 _Grouping = tuple[_IntArray, _IntArray, _IntArray, bool]
 
-def group_int_keys(
-    keys: npt.NDArray[np.int64] | npt.NDArray[np.int32] | npt.NDArray[np.uint64] | npt.NDArray[np.uint32],
-    hash_mask: int = ...,
-) -> _Grouping: ...
-def group_byte_keys(
-    chunks: list[tuple[npt.NDArray[np.int32] | npt.NDArray[np.int64], npt.NDArray[np.uint8]]],
-    hash_mask: int = ...,
-) -> _Grouping: ...
-def group_fixed_keys(data: npt.NDArray[np.uint8], width: int, strip_unit: int, hash_mask: int = ...) -> _Grouping: ...
+#: Prompt keys as the core reads them: an integer array, fixed-width strings as (data, width,
+#: strip_unit), or Arrow string chunks as [(offsets, data)].
+_Keys = (
+    npt.NDArray[np.int64]
+    | npt.NDArray[np.int32]
+    | npt.NDArray[np.uint64]
+    | npt.NDArray[np.uint32]
+    | tuple[npt.NDArray[np.uint8], int, int]
+    | list[tuple[npt.NDArray[np.int32] | npt.NDArray[np.int64], npt.NDArray[np.uint8]]]
+)
+_ScoreArrays = tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.bool_],
+]
+
+def group_keys(keys: _Keys, hash_mask: int = ...) -> _Grouping: ...
+def score_keys(
+    keys: _Keys, logprobs: _FloatArray, rewards: _FloatArray, wanted: str, hash_mask: int = ...
+) -> tuple[_ScoreArrays, _Grouping]: ...
 def pacs_reordered(
     logprobs: _FloatArray, rewards: _FloatArray, order: _IntArray, offsets: _IntArray
 ) -> npt.NDArray[np.float64]: ...

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core
 from .errors import ShfcasSelectionWarning, ShfcasTypeError, ShfcasValueError
-from .grouping import KeyGroups, _group
+from .grouping import CoreKeys, KeyGroups, _group, core_keys, groups_from_core, num_core_keys
 from ._validation import as_count, as_float_pair, as_float_vector, as_seed, group_offsets
 
 __all__ = [
@@ -125,6 +125,18 @@ class KeyedConflictScores(ConflictScores):
         return self.groups.index
 
 
+def _raw_keys(group_sizes: Any, groups: Any, n: int) -> CoreKeys | None:
+    """``groups`` as the core reads them when it holds prompt keys (not a :class:`KeyGroups`, and no
+    ``group_sizes``): such rows are grouped and scored in one core call. None otherwise."""
+    if group_sizes is not None or groups is None or isinstance(groups, KeyGroups):
+        return None
+    keys = core_keys(groups, "groups")
+    num_keys = num_core_keys(keys)
+    if num_keys != n:
+        raise ShfcasValueError(f"groups has {num_keys} keys but there are {n} items")
+    return keys
+
+
 def _grouping(group_sizes: Any, groups: Any, n: int) -> tuple[np.ndarray, KeyGroups | None]:
     """The group offsets of ``n`` items and, for keyed groups, their :class:`KeyGroups`."""
     if group_sizes is not None and groups is not None:
@@ -196,6 +208,10 @@ def pacs(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any = 
         float64 ``[n]`` in row order: ``z_r - z_l`` per prompt, 0 in degenerate prompts.
     """
     lp, rw = as_float_pair(logprobs, rewards, "logprobs", "rewards")
+    keys = _raw_keys(group_sizes, groups, lp.shape[0])
+    if keys is not None:
+        (_, _, pacs_values, _, _, _), _ = _core.score_keys(keys, lp, rw, "pacs")
+        return pacs_values
     offsets, key_groups = _grouping(group_sizes, groups, lp.shape[0])
     if key_groups is None or key_groups.contiguous:
         return _core.pacs(lp, rw, offsets)
@@ -222,6 +238,10 @@ def kendall_tau(x: Any, y: Any, group_sizes: Any = None, *, groups: Any = None) 
     xa, ya = as_float_pair(x, y, "x", "y", exact_order=True)
     if group_sizes is None and groups is None:
         return float(_core.kendall_tau(xa, ya))
+    keys = _raw_keys(group_sizes, groups, xa.shape[0])
+    if keys is not None:
+        (_, _, _, _, tau, _), _ = _core.score_keys(keys, xa, ya, "kendall")
+        return tau
     offsets, key_groups = _grouping(group_sizes, groups, xa.shape[0])
     if key_groups is None or key_groups.contiguous:
         return _core.kendall_tau_grouped(xa, ya, offsets)
@@ -282,11 +302,22 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any =
         rows to prompts.
     """
     lp, rw = as_float_pair(logprobs, rewards, "logprobs", "rewards")
-    offsets, key_groups = _grouping(group_sizes, groups, lp.shape[0])
-    if key_groups is None or key_groups.contiguous:
-        z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score(lp, rw, offsets)
+    keys = _raw_keys(group_sizes, groups, lp.shape[0])
+    offsets: np.ndarray | None
+    key_groups: KeyGroups | None
+    if keys is not None:
+        (z_l, z_r, pacs_values, conflict, tau, degenerate), (index, sizes, first_rows, contiguous) = (
+            _core.score_keys(keys, lp, rw, "all")
+        )
+        offsets, key_groups = None, groups_from_core(sizes, first_rows, contiguous, index=index)
     else:
-        z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score_reordered(lp, rw, key_groups.order, offsets)
+        offsets, key_groups = _grouping(group_sizes, groups, lp.shape[0])
+        if key_groups is None or key_groups.contiguous:
+            z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score(lp, rw, offsets)
+        else:
+            z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score_reordered(
+                lp, rw, key_groups.order, offsets
+            )
     fields = dict(
         pacs=pacs_values,
         z_logprob=z_l,
@@ -297,6 +328,7 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any =
         degenerate=degenerate,
     )
     if key_groups is None:
+        assert offsets is not None
         return ConflictScores(**fields, group_sizes=np.diff(offsets))
     return KeyedConflictScores(**fields, group_sizes=key_groups.sizes, groups=key_groups)
 

@@ -273,7 +273,7 @@ def _scattered(ids: np.ndarray, num_groups: int) -> Groups:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     if np.all(ids[1:] >= ids[:-1]):
         return Groups(ids=ids, sizes=sizes, first_rows=starts, order=None)
-    order = _core.stable_group_order(ids.astype(np.int32, copy=False), num_groups)
+    order = _core.stable_group_order(ids.astype(np.int64, copy=False), num_groups)
     return Groups(ids=ids, sizes=sizes, first_rows=order[starts], order=order)
 
 

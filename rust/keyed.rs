@@ -1,0 +1,370 @@
+//! Scoring rows grouped by prompt key in one pass, without reordering the whole table.
+//!
+//! Grouping first and scoring afterwards gathers every input through a row order and scatters every
+//! output back through it: random accesses over the whole table, a cache miss each. [`score_keys`]
+//! instead radix-partitions the rows by key hash as [`crate::keys`] does, carrying each row's
+//! log-prob and reward along. A partition holds a few thousand rows and fits in a core's cache: it
+//! numbers its keys, sorts its rows by key, scores its prompts and puts the scores back in its own
+//! entry order, all in cache. One sequential pass over the rows then reads every partition's scores
+//! as a stream (the partitions list their rows in increasing order) and writes them in row order.
+//! Byte keys are then checked exactly, rows in order, against their prompt's first key; only if two
+//! distinct keys shared a hash are the partitions scored again, comparing keys.
+
+use rayon::prelude::*;
+
+use crate::groups::DisjointWriter;
+use crate::keys::{
+    hash_rows, rows_match_first_keys, run_on_keys, ColumnTask, Entry, KeyColumn, Keys, PartitionKeys, Partitioned,
+    Prompts, ROW_CHUNK,
+};
+use crate::real::Real;
+use crate::scoring::{score_into, Scores, Wanted};
+
+/// Scores of rows grouped by key, and how the rows fall into prompts.
+pub struct KeyedScores {
+    /// The `wanted` outputs: item outputs in row order, group outputs by prompt.
+    pub scores: Scores,
+    /// The prompt of each row, `[n]`; prompts are numbered by first appearance.
+    pub index: Vec<i64>,
+    /// Rows per prompt, `[g]`.
+    pub sizes: Vec<i64>,
+    /// The row where each prompt first appears, increasing, `[g]`.
+    pub first_rows: Vec<i64>,
+    /// Whether every prompt's rows are already adjacent, in first-appearance order.
+    pub contiguous: bool,
+}
+
+/// The `wanted` scores of rows grouped by `keys`, rows in any order. `hash_mask` is as in
+/// [`crate::keys::group_keys`].
+pub fn score_keys<T: Real>(
+    keys: &Keys<'_>,
+    logprobs: &[T],
+    rewards: &[T],
+    wanted: Wanted,
+    hash_mask: u64,
+) -> Result<KeyedScores, String> {
+    run_on_keys(
+        keys,
+        ScoreTask {
+            logprobs,
+            rewards,
+            wanted,
+            hash_mask,
+        },
+    )
+}
+
+/// A row as its partition holds it: hash, row number and the two values to score.
+#[derive(Clone, Copy, Default)]
+struct ScoredEntry<T> {
+    hash: u64,
+    row: u32,
+    logprob: T,
+    reward: T,
+}
+
+impl<T: Real> Entry for ScoredEntry<T> {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+    fn row(&self) -> u32 {
+        self.row
+    }
+}
+
+/// What the row pass reads of an entry once its partition is scored: one record, so that each
+/// partition is one stream.
+#[derive(Clone, Copy, Default)]
+struct EntryScore {
+    /// The entry's key in its partition.
+    key: u32,
+    z_logprob: f64,
+    z_reward: f64,
+    pacs: f64,
+}
+
+/// A scored partition: its keys, each entry's scores (entry order), and each key's prompt scores.
+struct ScoredPartition {
+    keys: PartitionKeys,
+    entries: Vec<EntryScore>,
+    group_conflict: Vec<f64>,
+    kendall_tau: Vec<f64>,
+    degenerate: Vec<bool>,
+}
+
+struct ScoreTask<'a, T> {
+    logprobs: &'a [T],
+    rewards: &'a [T],
+    wanted: Wanted,
+    hash_mask: u64,
+}
+
+impl<T: Real> ColumnTask for ScoreTask<'_, T> {
+    type Output = KeyedScores;
+
+    fn run<K: KeyColumn>(self, keys: &K) -> Result<KeyedScores, String> {
+        let n = keys.len();
+        if self.logprobs.len() != n || self.rewards.len() != n {
+            return Err(format!(
+                "there are {n} keys but {} log-probs and {} rewards",
+                self.logprobs.len(),
+                self.rewards.len()
+            ));
+        }
+        let hashes = hash_rows(keys, self.hash_mask)?;
+        let partitioned = Partitioned::new(&hashes, |row, hash| ScoredEntry {
+            hash,
+            row,
+            logprob: self.logprobs[row as usize],
+            reward: self.rewards[row as usize],
+        });
+        // Numbering by hash alone is exact when the hash is injective. Otherwise every row's key is
+        // compared with its prompt's first key afterwards, rows in order; only if two distinct keys
+        // shared a hash are the partitions numbered again, comparing keys wherever hashes are equal.
+        let by_hash = self.score_partitioned(keys, &hashes, &partitioned, false);
+        let injective = K::HASH_IS_INJECTIVE && self.hash_mask == u64::MAX;
+        if injective || rows_match_first_keys(keys, &by_hash.index, &by_hash.first_rows) {
+            return Ok(by_hash);
+        }
+        drop(by_hash);
+        Ok(self.score_partitioned(keys, &hashes, &partitioned, true))
+    }
+}
+
+impl<T: Real> ScoreTask<'_, T> {
+    /// Scores the partitioned rows, numbering each partition's keys by hash (and by key too with
+    /// `compare_keys`).
+    fn score_partitioned<K: KeyColumn>(
+        &self,
+        keys: &K,
+        hashes: &[u64],
+        partitioned: &Partitioned<ScoredEntry<T>>,
+        compare_keys: bool,
+    ) -> KeyedScores {
+        let (n, wanted) = (hashes.len(), self.wanted);
+        let parts: Vec<ScoredPartition> = partitioned
+            .partitions()
+            .into_par_iter()
+            .map(|entries| score_partition(PartitionKeys::number_by(keys, compare_keys, entries), entries, wanted))
+            .collect();
+        let numbered: Vec<&PartitionKeys> = parts.iter().map(|part| &part.keys).collect();
+        let prompts = Prompts::rank(&numbered, n);
+        let mut scores = Scores::zeroed(n, prompts.sizes.len(), wanted);
+
+        // Prompt outputs: each partition's keys to their prompt numbers.
+        {
+            let conflict = DisjointWriter::new(&mut scores.group_conflict);
+            let tau = DisjointWriter::new(&mut scores.kendall_tau);
+            let degenerate = DisjointWriter::new(&mut scores.degenerate);
+            parts.par_iter().zip(&prompts.ids).for_each(|(part, ids)| {
+                for (k, &id) in ids.iter().enumerate() {
+                    let id = id as usize;
+                    // SAFETY: every prompt number belongs to one key of one partition.
+                    unsafe {
+                        if wanted.conflict {
+                            conflict.write(id, part.group_conflict[k]);
+                            degenerate.write(id, part.degenerate[k]);
+                        }
+                        if wanted.kendall {
+                            tau.write(id, part.kendall_tau[k]);
+                        }
+                    }
+                }
+            });
+        }
+
+        // Row outputs: each chunk of rows reads its partitions' scores in order.
+        let mut index = vec![0i64; n];
+        {
+            let index_writer = DisjointWriter::new(&mut index);
+            let z_logprob = DisjointWriter::new(&mut scores.z_logprob);
+            let z_reward = DisjointWriter::new(&mut scores.z_reward);
+            let pacs = DisjointWriter::new(&mut scores.pacs);
+            hashes.par_chunks(ROW_CHUNK).enumerate().for_each(|(c, chunk)| {
+                partitioned.for_rows_of_chunk(c, chunk, |i, p, e| {
+                    let row = c * ROW_CHUNK + i;
+                    let entry = parts[p].entries[e];
+                    let id = prompts.ids[p][entry.key as usize] as usize;
+                    // SAFETY: chunks are disjoint row ranges and each row is visited once.
+                    unsafe {
+                        index_writer.write(row, id as i64);
+                        if wanted.z_scores {
+                            z_logprob.write(row, entry.z_logprob);
+                            z_reward.write(row, entry.z_reward);
+                        }
+                        if wanted.pacs {
+                            pacs.write(row, entry.pacs);
+                        }
+                    }
+                });
+            });
+        }
+        let starts = prompts.starts();
+        KeyedScores {
+            scores,
+            index,
+            contiguous: prompts.contiguous(&starts),
+            sizes: prompts.sizes,
+            first_rows: prompts.first_rows,
+        }
+    }
+}
+
+/// Scores one partition's prompts, keys numbered: entry scores in entry order, prompt scores by key.
+fn score_partition<T: Real>(keys: PartitionKeys, entries: &[ScoredEntry<T>], wanted: Wanted) -> ScoredPartition {
+    let (m, g) = (entries.len(), keys.counts.len());
+    let mut offsets = Vec::with_capacity(g + 1);
+    let mut total = 0i64;
+    offsets.push(0);
+    for &count in &keys.counts {
+        total += i64::from(count);
+        offsets.push(total);
+    }
+    // A counting sort by key, in cache: each entry's place among its prompt's rows.
+    let mut next: Vec<usize> = offsets[..g].iter().map(|&o| o as usize).collect();
+    let mut place = vec![0u32; m];
+    let (mut logprobs, mut rewards) = (vec![T::default(); m], vec![T::default(); m]);
+    for ((entry, &key), place) in entries.iter().zip(&keys.local).zip(place.iter_mut()) {
+        let at = next[key as usize];
+        next[key as usize] += 1;
+        *place = at as u32;
+        logprobs[at] = entry.logprob;
+        rewards[at] = entry.reward;
+    }
+    let mut grouped = Scores::zeroed(m, g, wanted);
+    score_into(&logprobs, &rewards, &offsets, grouped.outputs(wanted));
+    let item = |values: &[f64], at: usize| values.get(at).copied().unwrap_or(0.0);
+    let entry_scores = keys
+        .local
+        .iter()
+        .zip(&place)
+        .map(|(&key, &at)| {
+            let at = at as usize;
+            EntryScore {
+                key,
+                z_logprob: item(&grouped.z_logprob, at),
+                z_reward: item(&grouped.z_reward, at),
+                pacs: item(&grouped.pacs, at),
+            }
+        })
+        .collect();
+    ScoredPartition {
+        keys,
+        entries: entry_scores,
+        group_conflict: grouped.group_conflict,
+        kendall_tau: grouped.kendall_tau,
+        degenerate: grouped.degenerate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::score_in_order;
+    use crate::keys::{group_keys, ByteChunk, Offsets};
+
+    /// Scores through `group_keys` and `score_in_order`, and the prompt of each row.
+    fn two_step<T: Real>(keys: &Keys<'_>, l: &[T], r: &[T], wanted: Wanted) -> (Scores, Vec<i64>) {
+        let grouping = group_keys(keys, u64::MAX).unwrap();
+        let mut offsets = vec![0i64];
+        for &s in &grouping.sizes {
+            offsets.push(offsets.last().unwrap() + s);
+        }
+        let mut index = vec![0i64; l.len()];
+        for (p, w) in offsets.windows(2).enumerate() {
+            for &row in &grouping.order[w[0] as usize..w[1] as usize] {
+                index[row as usize] = p as i64;
+            }
+        }
+        (score_in_order(l, r, &grouping.order, &offsets, wanted).unwrap(), index)
+    }
+
+    fn assert_same(a: &Scores, b: &Scores) {
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(a.z_logprob, b.z_logprob);
+        assert_eq!(a.z_reward, b.z_reward);
+        assert_eq!(a.pacs, b.pacs);
+        assert_eq!(a.group_conflict, b.group_conflict);
+        assert_eq!(bits(&a.kendall_tau), bits(&b.kendall_tau));
+        assert_eq!(a.degenerate, b.degenerate);
+    }
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    #[test]
+    fn matches_grouping_then_scoring() {
+        let mut seed = 3;
+        // Ragged prompts over many partitions, one of them far larger than a partition.
+        let keys: Vec<i64> = (0..400_000)
+            .map(|i| {
+                if i % 9 == 0 {
+                    7
+                } else {
+                    (lcg(&mut seed) % 50_000) as i64
+                }
+            })
+            .collect();
+        let l: Vec<f64> = (0..keys.len()).map(|_| (lcg(&mut seed) % 1000) as f64 * 0.01).collect();
+        let r: Vec<f64> = (0..keys.len()).map(|_| (lcg(&mut seed) % 97) as f64).collect();
+        let keys = Keys::I64(&keys);
+        for wanted in [Wanted::ALL, Wanted::PACS, Wanted::KENDALL] {
+            let fused = score_keys(&keys, &l, &r, wanted, u64::MAX).unwrap();
+            let (expected, index) = two_step(&keys, &l, &r, wanted);
+            assert_same(&fused.scores, &expected);
+            assert_eq!(fused.index, index);
+            let grouping = group_keys(&keys, u64::MAX).unwrap();
+            assert_eq!(
+                (fused.sizes, fused.first_rows, fused.contiguous),
+                (grouping.sizes, grouping.first_rows, grouping.contiguous)
+            );
+        }
+    }
+
+    #[test]
+    fn colliding_string_keys_are_told_apart() {
+        let mut seed = 11;
+        let strings: Vec<String> = (0..100_000)
+            .map(|_| format!("prompt-{}", lcg(&mut seed) % 12_000))
+            .collect();
+        let mut offsets = vec![0i32];
+        let mut data = Vec::new();
+        for s in &strings {
+            data.extend_from_slice(s.as_bytes());
+            offsets.push(data.len() as i32);
+        }
+        let keys = Keys::Bytes(vec![ByteChunk {
+            offsets: Offsets::I32(&offsets),
+            data: &data,
+        }]);
+        let l: Vec<f32> = (0..strings.len()).map(|_| (lcg(&mut seed) % 100) as f32).collect();
+        let r: Vec<f32> = (0..strings.len()).map(|_| (lcg(&mut seed) % 7) as f32).collect();
+        let (expected, index) = two_step(&keys, &l, &r, Wanted::ALL);
+        // About 12 keys on each of 1,024 hashes: only the exact comparison separates them.
+        let fused = score_keys(&keys, &l, &r, Wanted::ALL, 0xFFC0_0000_0000_0000).unwrap();
+        assert_same(&fused.scores, &expected);
+        assert_eq!(fused.index, index);
+        assert_eq!(fused.sizes.len(), 12_000);
+    }
+
+    #[test]
+    fn contiguous_empty_and_mismatched_inputs() {
+        let fused = score_keys(
+            &Keys::U32(&[4, 4, 9, 9]),
+            &[1.0f64, 2.0, 3.0, 5.0],
+            &[2.0, 1.0, 0.0, 1.0],
+            Wanted::ALL,
+            u64::MAX,
+        )
+        .unwrap();
+        assert!(fused.contiguous);
+        assert_eq!(fused.index, vec![0, 0, 1, 1]);
+        assert_eq!(fused.scores.kendall_tau, vec![-1.0, 1.0]);
+        let empty = score_keys::<f64>(&Keys::I64(&[]), &[], &[], Wanted::ALL, u64::MAX).unwrap();
+        assert!(empty.index.is_empty() && empty.scores.group_conflict.is_empty() && empty.contiguous);
+        let err = score_keys(&Keys::I64(&[1, 2]), &[1.0f64], &[1.0, 2.0], Wanted::ALL, u64::MAX).err();
+        assert_eq!(err.as_deref(), Some("there are 2 keys but 1 log-probs and 2 rewards"));
+    }
+}
