@@ -112,41 +112,36 @@ impl<T: Real> ColumnTask for ScoreTask<'_, T> {
             ));
         }
         let hashes = hash_rows(keys, self.hash_mask)?;
-        let partitioned = Partitioned::new(&hashes, |row, hash| ScoredEntry {
-            hash,
-            row,
-            logprob: self.logprobs[row as usize],
-            reward: self.rewards[row as usize],
-        });
         // Numbering by hash alone is exact when the hash is injective. Otherwise every row's key is
         // compared with its prompt's first key afterwards, rows in order; only if two distinct keys
         // shared a hash are the partitions numbered again, comparing keys wherever hashes are equal.
-        let by_hash = self.score_partitioned(keys, &hashes, &partitioned, false);
+        let by_hash = self.score_partitioned(keys, &hashes, false);
         let injective = K::HASH_IS_INJECTIVE && self.hash_mask == u64::MAX;
         if injective || rows_match_first_keys(keys, &by_hash.index, &by_hash.first_rows) {
             return Ok(by_hash);
         }
         drop(by_hash);
-        Ok(self.score_partitioned(keys, &hashes, &partitioned, true))
+        Ok(self.score_partitioned(keys, &hashes, true))
     }
 }
 
 impl<T: Real> ScoreTask<'_, T> {
-    /// Scores the partitioned rows, numbering each partition's keys by hash (and by key too with
-    /// `compare_keys`).
-    fn score_partitioned<K: KeyColumn>(
-        &self,
-        keys: &K,
-        hashes: &[u64],
-        partitioned: &Partitioned<ScoredEntry<T>>,
-        compare_keys: bool,
-    ) -> KeyedScores {
+    /// Partitions the rows and scores them, numbering each partition's keys by hash (and by key too
+    /// with `compare_keys`).
+    fn score_partitioned<K: KeyColumn>(&self, keys: &K, hashes: &[u64], compare_keys: bool) -> KeyedScores {
         let (n, wanted) = (hashes.len(), self.wanted);
+        let mut partitioned = Partitioned::new(hashes, |row, hash| ScoredEntry {
+            hash,
+            row,
+            logprob: self.logprobs[row as usize],
+            reward: self.rewards[row as usize],
+        });
         let parts: Vec<ScoredPartition> = partitioned
             .partitions()
             .into_par_iter()
             .map(|entries| score_partition(PartitionKeys::number_by(keys, compare_keys, entries), entries, wanted))
             .collect();
+        partitioned.entries = Vec::new(); // the scored partitions hold all that is left to do
         let numbered: Vec<&PartitionKeys> = parts.iter().map(|part| &part.keys).collect();
         let prompts = Prompts::rank(&numbered, n);
         let mut scores = Scores::zeroed(n, prompts.sizes.len(), wanted);

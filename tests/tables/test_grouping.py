@@ -1,4 +1,5 @@
-"""Grouping by key: the streaming groups' 8-byte-per-prompt hash set against a Python set."""
+"""Grouping by key: the streaming groups' 8-byte-per-prompt hash set against a Python set, and
+scoring grouped rows on every path against the contiguous engine on sorted rows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import shfcas_fast
 from shfcas_fast.tables import grouping
 
 
@@ -39,3 +41,37 @@ def test_group_rows_numbers_groups_by_first_appearance():
     assert groups.ids.tolist() == [0, 1, 0, 2, 1]
     assert groups.sizes.tolist() == [2, 2, 1] and groups.first_rows.tolist() == [0, 1, 3]
     assert groups.contiguous(np.arange(5)).tolist() == [0, 2, 1, 4, 3]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["empty", "contiguous", "runs, a prompt back later", "scattered", "scattered over chunks"],
+)
+def test_score_rows_scores_in_row_order_on_every_path(layout):
+    # score_rows picks one of three paths (contiguous runs, runs that come back, scattered keys);
+    # each must give the contiguous engine's scores of the rows sorted by a dict-made grouping.
+    rng = np.random.default_rng(5)
+    prompts = {
+        "empty": [],
+        "contiguous": np.repeat(np.arange(300), 6),
+        "runs, a prompt back later": np.concatenate([np.repeat(np.arange(200), 5), np.repeat(np.arange(0, 200, 7), 4)]),
+        "scattered": rng.integers(0, 250, size=1500),
+        "scattered over chunks": rng.integers(0, 250, size=1500),
+    }[layout]
+    strings = [f"prompt {p}" for p in np.asarray(prompts).tolist()]
+    chunks = [strings[:700], strings[700:]] if "chunks" in layout else [strings]
+    keys = pa.chunked_array(chunks, pa.string())
+    logprob, reward = rng.normal(size=len(strings)), rng.normal(size=len(strings))
+
+    scores, prompt_ids = grouping.score_rows(keys, logprob, reward, "prompt")
+
+    numbers: dict[str, int] = {}
+    expected_ids = np.array([numbers.setdefault(key, len(numbers)) for key in strings], dtype=np.int64)
+    order = np.argsort(expected_ids, kind="stable")
+    expected = shfcas_fast.score(logprob[order], reward[order], np.bincount(expected_ids, minlength=len(numbers)))
+    np.testing.assert_array_equal(prompt_ids, expected_ids)
+    np.testing.assert_array_equal(scores.group_sizes, expected.group_sizes)
+    for name in ("group_conflict", "kendall_tau", "degenerate"):
+        np.testing.assert_array_equal(getattr(scores, name), getattr(expected, name), err_msg=name)
+    for name in ("pacs", "z_logprob", "z_reward"):
+        np.testing.assert_array_equal(getattr(scores, name)[order], getattr(expected, name), err_msg=name)

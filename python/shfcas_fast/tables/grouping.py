@@ -27,9 +27,10 @@ import pyarrow.compute as pc
 
 from .. import _core, io
 from ..errors import ShfcasTypeError, ShfcasValueError
-from ..grouping import group_keys
+from ..grouping import KeyGroups, group_keys
+from ..scoring import ConflictScores, score
 
-__all__ = ["AdjacentGroups", "Groups", "group_rows"]
+__all__ = ["AdjacentGroups", "Groups", "group_rows", "score_rows"]
 
 # Below this many rows per run of adjacent equal keys on average, hashing every key beats taking
 # the run keys first (which copies them).
@@ -61,23 +62,12 @@ class Groups:
         """Per-row ``values`` reordered so that each group's rows are adjacent."""
         return values if self.order is None else values[self.order]
 
-    def positions(self) -> np.ndarray | None:
-        """Where each row went in :meth:`contiguous` order (the inverse of ``order``), or ``None``.
-
-        ``contiguous(values)[positions()[rows]]`` is ``values[rows]``: results computed on grouped
-        rows come back to table order batch by batch, without a full-size copy per result.
-        """
-        if self.order is None:
-            return None
-        inverse = np.empty_like(self.order)
-        inverse[self.order] = np.arange(self.order.shape[0], dtype=self.order.dtype)
-        return inverse
-
 
 def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     """Group rows with equal ``keys``; a null key raises a ShfcasValueError naming column ``name``.
 
-    This is the one place where tables are grouped by key: every function of this package calls it.
+    This module is the one place where tables are grouped by key: every function of this package
+    calls this or :func:`score_rows`.
 
     Example:
     ```python
@@ -96,16 +86,61 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Groups(ids=empty, sizes=empty, first_rows=empty, order=None)
-    chunks = [chunk for chunk in (keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]) if len(chunk)]
+    chunks = _nonempty_chunks(keys)
     run_starts = _run_starts(chunks)
-    if run_starts.shape[0] > n // _MIN_MEAN_RUN:
+    if _is_scattered(run_starts, n):
         del run_starts  # as large as the row count: free it before hashing
         # Scattered rows: the core hashes every key.
         key_groups = group_keys(pa.chunked_array(chunks))
         order = None if key_groups.contiguous else key_groups.order
         return Groups(ids=key_groups.index, sizes=key_groups.sizes, first_rows=key_groups.first_rows, order=order)
-    # Tables usually hold a prompt's completions together: hash one key per run of equal adjacent
-    # keys, taken chunk by chunk (a take on the chunked column would first concatenate its strings).
+    return _groups_of_runs(chunks, run_starts, n)
+
+
+def score_rows(
+    keys: pa.Array | pa.ChunkedArray, logprob: np.ndarray, reward: np.ndarray, name: str
+) -> tuple[ConflictScores, np.ndarray]:
+    """Score rows grouped by ``keys`` (column ``name``, checked as in :func:`group_rows`).
+
+    Returns the scores, per-completion fields in row order and per-prompt fields in order of first
+    appearance, and the int64 prompt of each row. Scattered rows are grouped and scored in one core
+    call, without reordering the table; runs of adjacent equal keys are grouped by one key per run.
+    """
+    keys = _keys(keys, name)
+    n = len(keys)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return score(logprob, reward, empty), empty
+    chunks = _nonempty_chunks(keys)
+    run_starts = _run_starts(chunks)
+    if _is_scattered(run_starts, n):
+        del run_starts
+        keyed = score(logprob, reward, groups=pa.chunked_array(chunks))
+        return keyed, keyed.prompt_index
+    groups = _groups_of_runs(chunks, run_starts, n)
+    if groups.order is None:
+        return score(logprob, reward, groups.sizes), groups.ids
+    key_groups = KeyGroups(
+        sizes=groups.sizes, first_rows=groups.first_rows, contiguous=False, order=groups.order, index=groups.ids
+    )
+    return score(logprob, reward, groups=key_groups), groups.ids
+
+
+def _nonempty_chunks(keys: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    return [chunk for chunk in (keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]) if len(chunk)]
+
+
+def _is_scattered(run_starts: np.ndarray, n: int) -> bool:
+    """Whether runs of equal adjacent keys are so short that hashing every key beats taking run keys."""
+    return run_starts.shape[0] > n // _MIN_MEAN_RUN
+
+
+def _groups_of_runs(chunks: list[pa.Array], run_starts: np.ndarray, n: int) -> Groups:
+    """Groups of rows whose equal keys mostly come in runs: one key per run is hashed.
+
+    Tables usually hold a prompt's completions together. The run keys are taken chunk by chunk (a
+    take on the chunked column would first concatenate its strings).
+    """
     offsets = np.cumsum([0] + [len(chunk) for chunk in chunks])
     run_keys = pa.concat_arrays(
         [

@@ -68,7 +68,7 @@ from .columns import (
     float_column,
     require_columns,
 )
-from .grouping import AdjacentGroups, Groups, group_rows
+from .grouping import AdjacentGroups, score_rows
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -176,7 +176,7 @@ class _ScoredColumns:
         raise ShfcasValueError(f"{source} has no rows")
 
 
-def _with_scores(table: pa.Table, scores: ConflictScores, rows: np.ndarray | slice, prompts: np.ndarray) -> pa.Table:
+def _with_scores(table: pa.Table, scores: ConflictScores, rows: slice, prompts: np.ndarray) -> pa.Table:
     """``table`` with the score columns appended: row ``i`` gets the scores of completion ``rows[i]``
     and of prompt ``prompts[i]``."""
     for field in SCORE_FIELDS:
@@ -260,12 +260,8 @@ def score_table(
         table, logprob, reward = table.filter(pa.array(keep)), logprob[keep], reward[keep]
     if not table.num_rows:
         return scored_schema(table.schema).empty_table()
-    groups = group_rows(table[prompt_column], prompt_column)
-    scores = score(groups.contiguous(logprob), groups.contiguous(reward), groups.sizes)
-    positions = groups.positions()
-    return _with_scores(
-        table.select(input_names), scores, slice(None) if positions is None else positions, groups.ids
-    )
+    scores, prompt_ids = score_rows(table[prompt_column], logprob, reward, prompt_column)
+    return _with_scores(table.select(input_names), scores, slice(None), prompt_ids)
 
 
 def score_dataset(
@@ -532,13 +528,12 @@ def _write_two_passes(
     """Score a file whose rows of a prompt may be anywhere (two passes, see the module docstring)."""
     scored_table, logprob, reward, drop = _read_scored_columns(input_path, columns, batch_size, total, progress)
     prompts = scored_table[columns.prompt]
-    groups = group_rows(prompts if drop is None else prompts.filter(pa.array(~drop)), columns.prompt)
-    # Rebinding frees the file-order arrays before the scores are allocated.
-    logprob, reward = groups.contiguous(logprob), groups.contiguous(reward)
-    scores = score(logprob, reward, groups.sizes)
+    scores, prompt_ids = score_rows(
+        prompts if drop is None else prompts.filter(pa.array(~drop)), logprob, reward, columns.prompt
+    )
     del logprob, reward  # pass 2 needs the memory more
     with progress_bar(total, "writing", enabled=progress) as bar:
-        for batch in _scored_batches(input_path, writer.schema, scored_table, drop, groups, scores, batch_size):
+        for batch in _scored_batches(input_path, writer.schema, scored_table, drop, prompt_ids, scores, batch_size):
             writer.write(batch)
             bar.update(batch.num_rows)
     summary = ScoreSummary()
@@ -583,13 +578,13 @@ def _scored_batches(
     schema: pa.Schema,
     scored_table: pa.Table,
     drop: np.ndarray | None,
-    groups: Groups,
+    prompt_ids: np.ndarray,
     scores: ConflictScores,
     batch_size: int | None,
 ) -> Iterator[pa.Table]:
-    """Pass 2: the input's batches, without dropped rows, with the score columns appended."""
+    """Pass 2: the input's batches, without dropped rows, with the score columns appended (the
+    scores of kept rows in row order, ``prompt_ids`` the prompt of each)."""
     input_names = schema.names[: -len(SCORE_FIELDS)]
-    positions = groups.positions()
     kept_start = 0
     for start, other in _input_slices(input_path, input_names, scored_table, batch_size):
         columns = [
@@ -600,8 +595,7 @@ def _scored_batches(
         if drop is not None:
             table = table.filter(pa.array(~drop[start : start + other.num_rows]))
         kept = slice(kept_start, kept_start + table.num_rows)
-        rows = kept if positions is None else positions[kept]  # where these rows are in ``scores``
-        yield _with_scores(table, scores, rows, groups.ids[kept])
+        yield _with_scores(table, scores, kept, prompt_ids[kept])
         kept_start = kept.stop
 
 
