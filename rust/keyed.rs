@@ -256,6 +256,7 @@ fn score_partition<T: Real>(keys: PartitionKeys, entries: &[ScoredEntry<T>], wan
 mod tests {
     use super::*;
     use crate::groups::score_in_order;
+    use crate::keys::tests::{arrow, lcg};
     use crate::keys::{group_keys, ByteChunk, Offsets};
 
     /// Scores through `group_keys` and `score_in_order`, and the prompt of each row.
@@ -282,11 +283,6 @@ mod tests {
         assert_eq!(a.group_conflict, b.group_conflict);
         assert_eq!(bits(&a.kendall_tau), bits(&b.kendall_tau));
         assert_eq!(a.degenerate, b.degenerate);
-    }
-
-    fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        *seed >> 33
     }
 
     #[test]
@@ -324,12 +320,7 @@ mod tests {
         let strings: Vec<String> = (0..100_000)
             .map(|_| format!("prompt-{}", lcg(&mut seed) % 12_000))
             .collect();
-        let mut offsets = vec![0i32];
-        let mut data = Vec::new();
-        for s in &strings {
-            data.extend_from_slice(s.as_bytes());
-            offsets.push(data.len() as i32);
-        }
+        let (offsets, data) = arrow(&strings);
         let keys = Keys::Bytes(vec![ByteChunk {
             offsets: Offsets::I32(&offsets),
             data: &data,

@@ -726,7 +726,7 @@ impl Prompts {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
@@ -760,12 +760,14 @@ mod tests {
         }
     }
 
-    fn lcg(seed: &mut u64) -> u64 {
+    /// A small deterministic generator for test data.
+    pub(crate) fn lcg(seed: &mut u64) -> u64 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
-    fn arrow(strings: &[String]) -> (Vec<i32>, Vec<u8>) {
+    /// The Arrow offsets and data of `strings`.
+    pub(crate) fn arrow(strings: &[String]) -> (Vec<i32>, Vec<u8>) {
         let mut offsets = vec![0i32];
         let mut data = Vec::new();
         for s in strings {

@@ -40,16 +40,17 @@ def first_non_finite(values: _FloatArray) -> int | None: ...
 def pacs(
     logprobs: _FloatArray, rewards: _FloatArray, offsets: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.float64]: ...
-def score(
-    logprobs: _FloatArray, rewards: _FloatArray, offsets: npt.NDArray[np.int64]
-) -> tuple[
+#: The score outputs: (z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate).
+_ScoreArrays = tuple[
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
     npt.NDArray[np.float64],
     npt.NDArray[np.bool_],
-]: ...
+]
+
+def score(logprobs: _FloatArray, rewards: _FloatArray, offsets: npt.NDArray[np.int64]) -> _ScoreArrays: ...
 def kendall_tau_grouped(
     x: _FloatArray, y: _FloatArray, offsets: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.float64]: ...
@@ -71,14 +72,6 @@ _Keys = (
     | tuple[npt.NDArray[np.uint8], int, int]
     | list[tuple[npt.NDArray[np.int32] | npt.NDArray[np.int64], npt.NDArray[np.uint8]]]
 )
-_ScoreArrays = tuple[
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.bool_],
-]
 
 def group_keys(keys: _Keys, hash_mask: int = ...) -> _Grouping: ...
 def score_keys(
@@ -89,14 +82,7 @@ def pacs_reordered(
 ) -> npt.NDArray[np.float64]: ...
 def score_reordered(
     logprobs: _FloatArray, rewards: _FloatArray, order: _IntArray, offsets: _IntArray
-) -> tuple[
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.bool_],
-]: ...
+) -> _ScoreArrays: ...
 def kendall_tau_reordered(
     x: _FloatArray, y: _FloatArray, order: _IntArray, offsets: _IntArray
 ) -> npt.NDArray[np.float64]: ...
