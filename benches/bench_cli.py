@@ -6,12 +6,16 @@ python benches/bench_cli.py                  # 10M rows, prompts of 8, adjacent 
 python benches/bench_cli.py --rows 1000000   # a quick check
 python benches/bench_cli.py --grouped-scaling             # `score --grouped` at 1M, 5M and 10M rows
 python benches/bench_cli.py --grouped-scaling --rows 2000000 --rows 4000000
+python benches/bench_cli.py --shuffled-scaling            # two-pass `score` at 10M, 20M and 40M shuffled rows
 ```
 
 ``--grouped-scaling`` reports how the peak memory of the one-pass ``score --grouped`` grows with the
 file: the bytes per prompt are the growth of the peak over the previous (smaller) file, divided by
 the growth in prompts (everything that grows with the file, per prompt of 8 rows). A file of one or
 two batches has not reached the steady state yet: compare files of several batches (5M and 10M).
+``--shuffled-scaling`` does the same for the two-pass ``score`` of shuffled rows, whose peak grows
+with every row (the scored columns and the grouping are held): the growth per prompt over the
+previous file, divided by 8, is what each further row costs.
 
 Each command runs as a real subprocess (start-up included) and reports its own peak resident memory. The scored columns (prompt, log-prob, reward) are what
 ``score`` must hold in memory; peak memory is reported as a multiple of their in-memory size.
@@ -75,21 +79,34 @@ def run(arguments: list[str], peak_file: Path) -> tuple[float, float]:
     return seconds, int(peak_file.read_text()) / 2**20
 
 
-def grouped_scaling(sizes: list[int]) -> None:
-    """Peak memory of ``score --grouped`` at each row count, and its growth per prompt."""
-    print("| rows | prompts | wall | peak memory | bytes per prompt over the previous row |\n|---:|---:|---:|---:|---:|")
+def scaling(sizes: list[int], shuffled: bool) -> None:
+    """Peak memory of one ``score`` at each row count, and its growth per prompt and per row.
+
+    Adjacent files are scored in one pass (``--grouped``); shuffled ones in two passes, holding the
+    scored columns and the grouping of every row.
+    """
+    command_name = "score" if shuffled else "score --grouped"
+    print(f"`shfcas {command_name}`, {'shuffled' if shuffled else 'adjacent'} rows:\n")
+    print(
+        "| rows | prompts | wall | peak memory | bytes per row | bytes per prompt over the previous row |\n"
+        "|---:|---:|---:|---:|---:|---:|"
+    )
     previous: tuple[int, float] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for rows in sizes:
             source, scored = Path(tmp) / "in.parquet", Path(tmp) / "scored.parquet"
-            generate(source, rows, shuffle=False)
-            command = ["score", str(source), "-o", str(scored), "-q", "--overwrite", "--grouped"]
+            generate(source, rows, shuffle=shuffled)
+            command = ["score", str(source), "-o", str(scored), "-q", "--overwrite"]
+            if not shuffled:
+                command.append("--grouped")
             seconds, peak_gib = run(command, Path(tmp) / "peak_kib")
             prompts = rows // 8
             growth = "-" if previous is None else f"{(peak_gib - previous[1]) * 2**30 / (prompts - previous[0]):.1f}"
             previous = (prompts, peak_gib)
-            print(f"| {rows:,} | {prompts:,} | {seconds:.2f} s | {peak_gib:.3f} GiB | {growth} |", flush=True)
+            per_row = peak_gib * 2**30 / rows
+            print(f"| {rows:,} | {prompts:,} | {seconds:.2f} s | {peak_gib:.3f} GiB | {per_row:.0f} | {growth} |", flush=True)
             source.unlink()
+            scored.unlink()
 
 
 def main() -> None:
@@ -98,9 +115,11 @@ def main() -> None:
         "--rows", type=int, action="append", help="completions (a multiple of 8); repeatable with --grouped-scaling"
     )
     parser.add_argument("--grouped-scaling", action="store_true", help="peak memory of score --grouped by file size")
+    parser.add_argument("--shuffled-scaling", action="store_true", help="peak memory of score on shuffled rows by file size")
     args = parser.parse_args()
-    if args.grouped_scaling:
-        grouped_scaling(sorted(args.rows or [1_000_000, 5_000_000, 10_000_000]))
+    if args.grouped_scaling or args.shuffled_scaling:
+        default = [10_000_000, 20_000_000, 40_000_000] if args.shuffled_scaling else [1_000_000, 5_000_000, 10_000_000]
+        scaling(sorted(args.rows or default), shuffled=args.shuffled_scaling)
         return
     args.rows = (args.rows or [10_000_000])[-1]
     print("| input | command | wall | peak memory | x scored columns |\n|---|---|---:|---:|---:|")
