@@ -8,14 +8,14 @@
 //! 2. radix-partition the rows by the hash's top bits (`Partitioned`), stably, so each partition
 //!    lists its rows in increasing order and every hash lives in exactly one partition;
 //! 3. number each partition's distinct hashes with a small open-addressing table that fits in cache
-//!    (`PartitionKeys`), and check every row's key against its key's first row. Integer keys skip
-//!    the check (their hash is a bijection, so equal hashes mean equal keys). If two distinct keys
-//!    share a hash, the partition is numbered again with the table comparing keys wherever hashes
-//!    are equal, which separates them exactly;
+//!    (`PartitionKeys`);
 //! 4. renumber the keys of all partitions by first appearance (`Prompts`) and write the stable row
-//!    order that makes every prompt's rows contiguous.
+//!    order that makes every prompt's rows contiguous;
+//! 5. check every row's key against its prompt's first key. Integer keys skip this (their hash is
+//!    a bijection, so equal hashes mean equal keys). If two distinct keys shared a hash, steps 3-4
+//!    run again with the table comparing keys wherever hashes are equal, which separates them exactly.
 //!
-//! [`crate::keyed`] runs steps 1-4 with each row's values carried along, scoring as it groups.
+//! [`crate::keyed`] runs the same steps with each row's values carried along, scoring as it groups.
 
 use std::borrow::Borrow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -387,39 +387,73 @@ impl ColumnTask for GroupTask {
         let hashes = hash_rows(keys, self.hash_mask)?;
         let partitioned = Partitioned::new(&hashes, |row, hash| KeyEntry { hash, row });
         drop(hashes);
-        let numbered: Vec<PartitionKeys> = partitioned
+        // As in keyed scoring: number by hash, check every key against its prompt's first key (here
+        // in prompt order, where each first key is read once), and only on a collision number again
+        // comparing keys.
+        let by_hash = group_partitioned(keys, &partitioned, false);
+        let injective = K::HASH_IS_INJECTIVE && self.hash_mask == u64::MAX;
+        if injective || grouped_rows_match_first_keys(keys, &by_hash.order, &by_hash.sizes) {
+            return Ok(by_hash);
+        }
+        drop(by_hash);
+        Ok(group_partitioned(keys, &partitioned, true))
+    }
+}
+
+/// Groups the partitioned rows, numbering each partition's keys by hash (and by key too with
+/// `compare_keys`).
+fn group_partitioned<K: KeyColumn>(keys: &K, partitioned: &Partitioned<KeyEntry>, compare_keys: bool) -> Grouping {
+    let numbered: Vec<PartitionKeys> = partitioned
+        .partitions()
+        .into_par_iter()
+        .map(|entries| PartitionKeys::number_by(keys, compare_keys, entries))
+        .collect();
+    let prompts = Prompts::rank(&numbered, partitioned.entries.len());
+    let starts = prompts.starts();
+    let mut order = vec![0i64; partitioned.entries.len()];
+    {
+        let order_writer = DisjointWriter::new(&mut order);
+        partitioned
             .partitions()
             .into_par_iter()
-            .map(|entries| PartitionKeys::number(keys, self.hash_mask, entries))
-            .collect();
-        let prompts = Prompts::rank(&numbered, partitioned.entries.len());
-        let starts = prompts.starts();
-        let mut order = vec![0i64; partitioned.entries.len()];
-        {
-            let order_writer = DisjointWriter::new(&mut order);
-            partitioned
-                .partitions()
-                .into_par_iter()
-                .zip(&numbered)
-                .zip(&prompts.ids)
-                .for_each(|((entries, part), ids)| {
-                    let mut next: Vec<i64> = ids.iter().map(|&id| starts[id as usize]).collect();
-                    for (entry, &key) in entries.iter().zip(&part.local) {
-                        let key = key as usize;
-                        // SAFETY: a key lives in one partition, and its `sizes[id]` slots from
-                        // `starts[id]` are handed out one row at a time.
-                        unsafe { order_writer.write(next[key] as usize, i64::from(entry.row)) };
-                        next[key] += 1;
-                    }
-                });
-        }
-        Ok(Grouping {
-            order,
-            contiguous: prompts.contiguous(&starts),
-            sizes: prompts.sizes,
-            first_rows: prompts.first_rows,
-        })
+            .zip(&numbered)
+            .zip(&prompts.ids)
+            .for_each(|((entries, part), ids)| {
+                let mut next: Vec<i64> = ids.iter().map(|&id| starts[id as usize]).collect();
+                for (entry, &key) in entries.iter().zip(&part.local) {
+                    let key = key as usize;
+                    // SAFETY: a key lives in one partition, and its `sizes[id]` slots from
+                    // `starts[id]` are handed out one row at a time.
+                    unsafe { order_writer.write(next[key] as usize, i64::from(entry.row)) };
+                    next[key] += 1;
+                }
+            });
     }
+    Grouping {
+        order,
+        contiguous: prompts.contiguous(&starts),
+        sizes: prompts.sizes,
+        first_rows: prompts.first_rows,
+    }
+}
+
+/// Whether every row's key equals the key of its prompt's first row, rows grouped by prompt
+/// (`order`, prompts of `sizes` rows in turn): each prompt's first key is read once and compared
+/// with its other rows' keys while it is in cache.
+fn grouped_rows_match_first_keys<K: KeyColumn>(keys: &K, order: &[i64], sizes: &[i64]) -> bool {
+    let mut start = 0usize;
+    let ranges: Vec<(usize, usize)> = sizes
+        .iter()
+        .map(|&size| {
+            start += size as usize;
+            (start - size as usize, start)
+        })
+        .collect();
+    ranges.par_iter().with_min_len(1 << 12).all(|&(start, end)| {
+        let rows = &order[start..end];
+        let first = keys.key(rows[0] as usize);
+        rows[1..].iter().all(|&row| keys.key(row as usize) == first)
+    })
 }
 
 /// The 64-bit hash of every row, `hash_mask` applied; refuses more rows than a `u32` numbers.
@@ -577,26 +611,6 @@ pub(crate) struct PartitionKeys {
 }
 
 impl PartitionKeys {
-    /// Numbers the keys of one partition's `entries` exactly: by hash, then every row is compared with
-    /// its key's first row unless the hash is known injective; if two distinct keys met on one hash,
-    /// the partition is numbered again comparing keys wherever hashes are equal (collisions stay in
-    /// their partition, so the rest is unaffected).
-    pub fn number<K: KeyColumn, E: Entry>(keys: &K, hash_mask: u64, entries: &[E]) -> Self {
-        let by_hash = Self::number_by(keys, false, entries);
-        if K::HASH_IS_INJECTIVE && hash_mask == u64::MAX {
-            return by_hash;
-        }
-        let exact = entries.iter().zip(&by_hash.local).all(|(entry, &key)| {
-            let first = by_hash.first_rows[key as usize];
-            entry.row() == first || keys.key(entry.row() as usize) == keys.key(first as usize)
-        });
-        if exact {
-            by_hash
-        } else {
-            Self::number_by(keys, true, entries)
-        }
-    }
-
     /// Numbers by hash; with `compare_keys`, a row joins a key only if its hash *and* its key are equal.
     pub fn number_by<K: KeyColumn, E: Entry>(keys: &K, compare_keys: bool, entries: &[E]) -> Self {
         const EMPTY: u32 = u32::MAX;
