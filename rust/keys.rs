@@ -143,12 +143,24 @@ fn read_tail(bytes: &[u8]) -> u64 {
 /// A fast 64-bit hash of a byte string (16 bytes per multiply, the length mixed in).
 #[inline]
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
-    let mut h = K0 ^ (bytes.len() as u64).wrapping_mul(K1);
+    hash_bytes_with(bytes, [K0, K1, K2])
+}
+
+/// A second 64-bit hash of a byte string, seeded apart from [`hash_bytes`]: two distinct keys that
+/// share one hash are told apart by this one unless they also collide here.
+#[inline]
+pub fn check_hash_bytes(bytes: &[u8]) -> u64 {
+    hash_bytes_with(bytes, [K2 ^ K1, K0.rotate_left(17), K1.rotate_left(29)])
+}
+
+#[inline(always)]
+fn hash_bytes_with(bytes: &[u8], [k0, k1, k2]: [u64; 3]) -> u64 {
+    let mut h = k0 ^ (bytes.len() as u64).wrapping_mul(k1);
     let mut blocks = bytes.chunks_exact(16);
     for block in &mut blocks {
         let a = u64::from_le_bytes(block[..8].try_into().unwrap_or_default());
         let b = u64::from_le_bytes(block[8..].try_into().unwrap_or_default());
-        h = fold_multiply(a ^ K1 ^ h, b ^ K2);
+        h = fold_multiply(a ^ k1 ^ h, b ^ k2);
     }
     let rest = blocks.remainder();
     let (a, b) = if rest.len() > 8 {
@@ -156,7 +168,7 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
     } else {
         (read_tail(rest), 0)
     };
-    hash_u64(fold_multiply(a ^ K1 ^ h, b ^ K2 ^ K0))
+    hash_u64(fold_multiply(a ^ k1 ^ h, b ^ k2 ^ k0))
 }
 
 /// A key column as the grouping sees it: hashes of row ranges and the key of a row, to compare.
@@ -168,6 +180,8 @@ pub(crate) trait KeyColumn: Sync {
     fn len(&self) -> usize;
     /// Writes the hashes of rows `start..start + out.len()`.
     fn hash_rows(&self, start: usize, out: &mut [u64]);
+    /// A second hash of a row's key, independent of [`KeyColumn::hash_rows`]'.
+    fn check_hash(&self, row: usize) -> u64;
     fn key(&self, row: usize) -> Self::Key<'_>;
     /// Whether equal (unmasked) hashes always mean equal keys.
     const HASH_IS_INJECTIVE: bool;
@@ -206,6 +220,10 @@ impl<T: IntKey> KeyColumn for IntColumn<'_, T> {
         for (h, &value) in out.iter_mut().zip(&self.0[start..]) {
             *h = hash_u64(value.bits());
         }
+    }
+
+    fn check_hash(&self, row: usize) -> u64 {
+        self.0[row].bits()
     }
 
     fn key(&self, row: usize) -> u64 {
@@ -257,6 +275,10 @@ impl KeyColumn for BytesColumn<'_, '_> {
         }
     }
 
+    fn check_hash(&self, row: usize) -> u64 {
+        check_hash_bytes(self.key_bytes(row))
+    }
+
     fn key(&self, row: usize) -> &[u8] {
         self.key_bytes(row)
     }
@@ -298,6 +320,10 @@ impl KeyColumn for FixedColumn<'_> {
         for (i, h) in out.iter_mut().enumerate() {
             *h = hash_bytes(self.key_bytes(start + i));
         }
+    }
+
+    fn check_hash(&self, row: usize) -> u64 {
+        check_hash_bytes(self.key_bytes(row))
     }
 
     fn key(&self, row: usize) -> &[u8] {
@@ -470,6 +496,32 @@ pub(crate) fn hash_rows<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Vec<u6
         }
     });
     Ok(hashes)
+}
+
+/// Two independent 64-bit hashes of every row's key: the first (`hash_mask` applied) to group by,
+/// the second to detect two distinct keys that share the first, without keeping the keys. Integer
+/// keys hash injectively, and their second hash is the value itself.
+pub fn hash_keys(keys: &Keys<'_>, hash_mask: u64) -> Result<(Vec<u64>, Vec<u64>), String> {
+    run_on_keys(keys, HashTask { hash_mask })
+}
+
+struct HashTask {
+    hash_mask: u64,
+}
+
+impl ColumnTask for HashTask {
+    type Output = (Vec<u64>, Vec<u64>);
+
+    fn run<K: KeyColumn>(self, keys: &K) -> Result<(Vec<u64>, Vec<u64>), String> {
+        let hashes = hash_rows(keys, self.hash_mask)?;
+        let mut checks = vec![0u64; keys.len()];
+        checks.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
+            for (i, h) in out.iter_mut().enumerate() {
+                *h = keys.check_hash(c * ROW_CHUNK + i);
+            }
+        });
+        Ok((hashes, checks))
+    }
 }
 
 /// Whether every row's key equals the key of its prompt's first row (`index` numbers each row's
@@ -948,7 +1000,36 @@ pub(crate) mod tests {
             b"prompt-10",
             b"0123456789abcdefX",
         ];
-        let hashes: std::collections::HashSet<u64> = samples.iter().map(|s| hash_bytes(s)).collect();
-        assert_eq!(hashes.len(), samples.len());
+        for hash in [hash_bytes, check_hash_bytes] {
+            let hashes: std::collections::HashSet<u64> = samples.iter().map(|s| hash(s)).collect();
+            assert_eq!(hashes.len(), samples.len());
+        }
+    }
+
+    #[test]
+    fn second_hash_is_seeded_apart_and_follows_the_key() {
+        let mut seed = 5;
+        let strings: Vec<String> = (0..50_000).map(|_| format!("p{}", lcg(&mut seed) % 20_000)).collect();
+        let (offsets, data) = arrow(&strings);
+        let keys = Keys::Bytes(vec![ByteChunk {
+            offsets: Offsets::I32(&offsets),
+            data: &data,
+        }]);
+        let (hashes, checks) = hash_keys(&keys, TOP_10_BITS).unwrap();
+        let mut seen: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut by_hash: HashMap<u64, std::collections::HashSet<u64>> = HashMap::new();
+        for ((s, &h), &c) in strings.iter().zip(&hashes).zip(&checks) {
+            assert_eq!(h, hash_bytes(s.as_bytes()) & TOP_10_BITS);
+            assert_eq!(*seen.entry(s).or_insert((h, c)), (h, c)); // equal keys, equal hashes
+            by_hash.entry(h).or_default().insert(c);
+        }
+        // About 20 distinct keys share each of the 1,024 masked hashes; the second hash tells every
+        // one of them apart.
+        let distinct_checks: usize = by_hash.values().map(|checks| checks.len()).sum();
+        assert_eq!(distinct_checks, seen.len());
+        let ints = [7i64, -7, 7];
+        let (int_hashes, int_checks) = hash_keys(&Keys::I64(&ints), u64::MAX).unwrap();
+        assert_eq!(int_checks, vec![7, (-7i64) as u64, 7]);
+        assert_eq!(int_hashes[0], int_hashes[2]);
     }
 }

@@ -334,6 +334,19 @@ fn group_keys<'py>(py: Python<'py>, keys: KeyArrays<'py>, hash_mask: u64) -> PyR
     ))
 }
 
+/// The two hash arrays of [`hash_keys`].
+type KeyHashes<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>);
+
+/// Two independent 64-bit hashes of each row's key: (to group by, with `hash_mask` applied; to check).
+#[pyfunction]
+#[pyo3(signature = (keys, hash_mask = u64::MAX))]
+fn hash_keys<'py>(py: Python<'py>, keys: KeyArrays<'py>, hash_mask: u64) -> PyResult<KeyHashes<'py>> {
+    let keys = keys.as_keys()?;
+    let (hashes, checks) =
+        run_detached(py, || keys::hash_keys(&keys, hash_mask))?.map_err(ShfcasValueError::new_err)?;
+    Ok((hashes.into_pyarray(py), checks.into_pyarray(py)))
+}
+
 /// Scores rows grouped by prompt key, rows in any order: the score arrays (item outputs in row
 /// order, the ones not `wanted` empty), then (index, sizes, first_rows, contiguous).
 #[pyfunction]
@@ -488,6 +501,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stable_group_order, m)?)?;
     m.add_function(wrap_pyfunction!(group_keys, m)?)?;
     m.add_function(wrap_pyfunction!(score_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(hash_keys, m)?)?;
     m.add_function(wrap_pyfunction!(pacs_reordered, m)?)?;
     m.add_function(wrap_pyfunction!(score_reordered, m)?)?;
     m.add_function(wrap_pyfunction!(kendall_tau_reordered, m)?)?;

@@ -11,6 +11,8 @@ from table_cases import assert_tables_equal
 
 from shfcas_fast import ShfcasTypeError, ShfcasValueError, io
 from shfcas_fast.tables import SCORE_FIELDS, default_batch_rows, score_file, score_table, scored_schema, select_table
+from shfcas_fast.tables import grouping
+from shfcas_fast.tables import score as score_module
 from shfcas_fast.tables.score import DEFAULT_BATCH_BYTES
 
 
@@ -117,6 +119,34 @@ def test_score_file_writes_what_score_table_returns(tmp_path, adjacent, grouped)
     assert summary.degenerate == len(degenerate_prompts) > 0
     with pytest.raises(FileExistsError):
         score_file(source, output)
+
+
+@pytest.mark.parametrize("path", ["one core call", "buckets", "colliding hashes"])
+def test_score_file_on_scattered_prompts_takes_every_path_to_the_same_rows(tmp_path, monkeypatch, path):
+    # score_file keeps two hashes per prompt, not the prompts. Large files are scored in buckets by
+    # hash; when two distinct prompts share the first hash the second tells, and the file is scored
+    # again grouping by the prompts themselves. Every path must write what score_table returns.
+    rng = np.random.default_rng(4)
+    prompts = [f"prompt {p}" for p in rng.integers(0, 90, size=700).tolist()]
+    logprob, reward = rng.normal(size=700), rng.normal(size=700)
+    reward[[5, 300]] = np.nan  # omitted rows shift the rows that are scored
+    table = pa.table({"prompt": prompts, "completion": np.arange(700), "logprob": logprob, "reward": reward})
+    source, output = tmp_path / "in.parquet", tmp_path / "scored.parquet"
+    io.write_table(source, table)
+    fallbacks = []
+    if path == "buckets":
+        monkeypatch.setattr(grouping, "_BUCKET_ROWS", 50)
+    if path == "colliding hashes":
+        monkeypatch.setattr(grouping, "_HASH_MASK", 0xF000_0000_0000_0000)  # 16 hashes for 90 prompts
+        exact = score_module._write_two_passes_holding_prompts
+        monkeypatch.setattr(
+            score_module, "_write_two_passes_holding_prompts", lambda *args: fallbacks.append(1) or exact(*args)
+        )
+    summary = score_file(source, output, nan_policy="omit", batch_size=64)
+    expected = score_table(table, nan_policy="omit")
+    assert_tables_equal(io.read_table(output), expected)
+    assert (summary.rows, summary.omitted, summary.prompts) == (698, 2, len(set(expected["prompt"].to_pylist())))
+    assert fallbacks == ([1] if path == "colliding hashes" else [])
 
 
 def test_default_batch_is_bounded_by_bytes(tmp_path):

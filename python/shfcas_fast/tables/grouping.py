@@ -27,14 +27,21 @@ import pyarrow.compute as pc
 
 from .. import _core, io
 from ..errors import ShfcasTypeError, ShfcasValueError
-from ..grouping import KeyGroups, group_keys
+from ..grouping import KeyGroups, core_keys, group_keys
 from ..scoring import ConflictScores, score
 
-__all__ = ["AdjacentGroups", "Groups", "group_rows", "score_rows"]
+__all__ = ["AdjacentGroups", "Groups", "group_rows", "hash_prompts", "score_hashed", "score_rows"]
 
 # Below this many rows per run of adjacent equal keys on average, hashing every key beats taking
 # the run keys first (which copies them).
 _MIN_MEAN_RUN = 4
+# Every bit of the prompt hash is used; tests narrow it to force distinct prompts onto one hash.
+_HASH_MASK = (1 << 64) - 1
+# Rows scored by one core call in score_hashed: larger inputs are scored in buckets of about this
+# many rows (by hash), so that the core's working memory (about 110 bytes per row) stays bounded.
+_BUCKET_ROWS = 1 << 24
+# Rows per step of the whole-array passes of score_hashed, so that their temporaries stay small.
+_STEP_ROWS = 1 << 22
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +131,82 @@ def score_rows(
         sizes=groups.sizes, first_rows=groups.first_rows, contiguous=False, order=groups.order, index=groups.ids
     )
     return score(logprob, reward, groups=key_groups), groups.ids
+
+
+def hash_prompts(keys: pa.Array | pa.ChunkedArray, name: str, *, first_row: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent uint64 hashes of each key of column ``name`` (checked as in :func:`group_rows`,
+    rows numbered from ``first_row`` in errors): the first to group by, the second to tell two
+    distinct keys that share the first apart (see :func:`score_hashed`)."""
+    keys = _keys(keys, name, first_row=first_row)
+    return _core.hash_keys(core_keys(keys, name), _HASH_MASK)
+
+
+def score_hashed(
+    hashes: np.ndarray, checks: np.ndarray, logprob: np.ndarray, reward: np.ndarray
+) -> tuple[ConflictScores, np.ndarray] | None:
+    """Score rows grouped by a 64-bit hash of their key (the arrays of :func:`hash_prompts`).
+
+    Returns what :func:`score_rows` returns, or ``None`` when two distinct keys share a hash: every
+    row's second, independent hash (``checks``) is compared with its prompt's first row's. The keys
+    themselves are not needed, so a table of any size is grouped in about 32 bytes per row plus
+    the scores. Inputs of more than ``_BUCKET_ROWS`` rows are scored bucket by bucket, every prompt
+    in one bucket; the results are the same.
+    """
+    n = hashes.shape[0]
+    num_buckets = 1 << max(0, int(np.ceil(np.log2(max(n, 1) / _BUCKET_ROWS))))
+    if num_buckets == 1:
+        (z_l, z_r, pacs, conflict, tau, degenerate), (ids, sizes, first_rows, _) = _core.score_keys(
+            hashes, logprob, reward, "all"
+        )
+    else:
+        z_l, z_r, pacs, ids = np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
+        buckets = _buckets(hashes, num_buckets)
+        per_prompt: list[tuple[np.ndarray, ...]] = []
+        num_prompts = 0
+        for bucket in range(num_buckets):
+            rows = np.flatnonzero(buckets == bucket)
+            (z_l[rows], z_r[rows], pacs[rows], *prompt_scores), (index, sizes, first_rows, _) = _core.score_keys(
+                hashes[rows], logprob[rows], reward[rows], "all"
+            )
+            ids[rows] = index + num_prompts
+            per_prompt.append((rows[first_rows], sizes, *prompt_scores))
+            num_prompts += sizes.shape[0]
+        del buckets
+        # Number the prompts of all buckets by first appearance, as one call would have.
+        first_rows, sizes, conflict, tau, degenerate = (np.concatenate(columns) for columns in zip(*per_prompt))
+        by_first_row = np.argsort(first_rows)
+        renumber = np.empty_like(by_first_row)
+        renumber[by_first_row] = np.arange(by_first_row.shape[0])
+        for start in range(0, n, _STEP_ROWS):
+            ids[start : start + _STEP_ROWS] = renumber[ids[start : start + _STEP_ROWS]]
+        first_rows, sizes = first_rows[by_first_row], sizes[by_first_row]
+        conflict, tau, degenerate = conflict[by_first_row], tau[by_first_row], degenerate[by_first_row]
+    first_checks = checks[first_rows]
+    for start in range(0, n, _STEP_ROWS):
+        if not np.array_equal(checks[start : start + _STEP_ROWS], first_checks[ids[start : start + _STEP_ROWS]]):
+            return None
+    scores = ConflictScores(
+        pacs=pacs,
+        z_logprob=z_l,
+        z_reward=z_r,
+        group_conflict=conflict,
+        kendall_tau=tau,
+        kendall_distance=(1.0 - tau) / 2.0,
+        degenerate=degenerate,
+        group_sizes=sizes,
+    )
+    return scores, ids
+
+
+def _buckets(hashes: np.ndarray, num_buckets: int) -> np.ndarray:
+    """The bucket of each row: the top bits of its hash, mixed again (the core partitions by the top
+    bits of its own mix, so a bucket's rows still spread over all of its partitions)."""
+    shift = np.uint64(64 - int(np.log2(num_buckets)))
+    buckets = np.empty(hashes.shape[0], dtype=np.uint16)
+    for start in range(0, hashes.shape[0], _STEP_ROWS):
+        step = hashes[start : start + _STEP_ROWS] * np.uint64(0x9E37_79B9_7F4A_7C15)
+        buckets[start : start + _STEP_ROWS] = step >> shift
+    return buckets
 
 
 def _nonempty_chunks(keys: pa.Array | pa.ChunkedArray) -> list[pa.Array]:

@@ -32,11 +32,12 @@ log-prob column may instead hold per-token log-probs, which are summed per row.
   file, in one of two ways:
 
   - By default (two passes, rows of a prompt anywhere in the file): read only the prompt, log-prob
-    and reward columns, batch by batch, reducing per-token log-prob lists to their sums as they
-    arrive; group rows by prompt over the whole file and score; then stream the input again,
-    decoding only the other columns, and write each batch with the scores appended. Peak memory is
-    a small multiple of the three scored columns; the other columns (the completion texts, usually
-    most of the file) are only ever held one batch at a time.
+    and reward columns, batch by batch, reducing per-token log-prob lists to their sums and each
+    prompt to two independent 64-bit hashes as they arrive; group rows by the first hash over the
+    whole file and score; then stream the input again and write each batch with the scores
+    appended. Pass 1 keeps 32 bytes per row (no prompt text), and the scores add about 32 more.
+    Should two distinct prompts share the first hash (told by the second), the file is scored
+    again grouping by the prompts themselves, which holds the prompt column in memory.
   - With ``grouped=True`` (one pass, the rows of each prompt adjacent): a :class:`StreamingScorer`
     over the file's batches. Memory is bounded by the batch size (and the largest prompt), plus 8
     bytes per prompt to catch a prompt that comes back after others, which raises.
@@ -68,7 +69,7 @@ from .columns import (
     float_column,
     require_columns,
 )
-from .grouping import AdjacentGroups, score_rows
+from .grouping import AdjacentGroups, hash_prompts, score_hashed, score_rows
 
 __all__ = [
     "DEFAULT_BATCH_BYTES",
@@ -526,6 +527,34 @@ def _write_two_passes(
     progress: bool,
 ) -> ScoreSummary:
     """Score a file whose rows of a prompt may be anywhere (two passes, see the module docstring)."""
+    hashes, checks, logprob, reward, drop = _read_hashed_columns(input_path, columns, batch_size, total, progress)
+    scored = score_hashed(hashes, checks, logprob, reward)
+    del hashes, checks, logprob, reward  # pass 2 needs the memory more
+    if scored is None:  # two distinct prompts share a 64-bit hash: group by the prompts themselves
+        return _write_two_passes_holding_prompts(input_path, writer, columns, batch_size, total, progress)
+    scores, prompt_ids = scored
+    everything_from_input = pa.table({})  # pass 2 reads every column again: none is held
+    with progress_bar(total, "writing", enabled=progress) as bar:
+        batches = _scored_batches(
+            input_path, writer.schema, everything_from_input, drop, prompt_ids, scores, batch_size
+        )
+        for batch in batches:
+            writer.write(batch)
+            bar.update(batch.num_rows)
+    summary = ScoreSummary()
+    summary.add(scores, omitted=0 if drop is None else int(np.count_nonzero(drop)))
+    return summary
+
+
+def _write_two_passes_holding_prompts(
+    input_path: Path,
+    writer: io.BatchWriter,
+    columns: _ScoredColumns,
+    batch_size: int | None,
+    total: int | None,
+    progress: bool,
+) -> ScoreSummary:
+    """Score a file whose rows of a prompt may be anywhere, grouping by the prompts themselves."""
     scored_table, logprob, reward, drop = _read_scored_columns(input_path, columns, batch_size, total, progress)
     prompts = scored_table[columns.prompt]
     scores, prompt_ids = score_rows(
@@ -539,6 +568,36 @@ def _write_two_passes(
     summary = ScoreSummary()
     summary.add(scores, omitted=0 if drop is None else int(np.count_nonzero(drop)))
     return summary
+
+
+def _read_hashed_columns(
+    input_path: Path, columns: _ScoredColumns, batch_size: int | None, total: int | None, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pass 1, narrow: the two prompt hashes (:func:`hash_prompts`), log-prob and reward of each kept
+    row, and the dropped-row mask (``None``: none dropped)."""
+    parts: dict[str, list[np.ndarray]] = {"hashes": [], "checks": [], "logprob": [], "reward": []}
+    keeps = []
+    rows = 0
+    batch_size = batch_size or default_batch_rows(input_path, columns.names)
+    with progress_bar(total, "reading", enabled=progress) as bar:
+        for batch in io.iter_batches(input_path, columns.names, batch_size=batch_size):
+            logprob, reward, keep = columns.values(batch, first_row=rows)
+            prompts = batch.column(columns.prompt)
+            if keep is not None:
+                prompts, logprob, reward = prompts.filter(pa.array(keep)), logprob[keep], reward[keep]
+            hashes, checks = hash_prompts(prompts, columns.prompt, first_row=rows)
+            for name, values in zip(parts, (hashes, checks, logprob, reward), strict=True):
+                parts[name].append(values)
+            keeps.append(np.ones(batch.num_rows, dtype=bool) if keep is None else keep)
+            rows += batch.num_rows
+            bar.update(batch.num_rows)
+    kept = sum(values.shape[0] for values in parts["logprob"])
+    columns.require_rows(input_path, ScoreSummary(rows=kept, omitted=rows - kept))
+    drop = None if kept == rows else ~np.concatenate(keeps)
+    del keeps
+    # One array at a time, so that each one's batches go as soon as it is joined.
+    hashes, checks, logprob, reward = (np.concatenate(parts.pop(name)) for name in list(parts))
+    return hashes, checks, logprob, reward, drop
 
 
 def _read_scored_columns(
