@@ -7,6 +7,7 @@ python benches/bench_cli.py --rows 1000000   # a quick check
 python benches/bench_cli.py --grouped-scaling             # `score --grouped` at 1M, 5M and 10M rows
 python benches/bench_cli.py --grouped-scaling --rows 2000000 --rows 4000000
 python benches/bench_cli.py --shuffled-scaling            # two-pass `score` at 10M, 20M and 40M shuffled rows
+python benches/bench_cli.py --sharded 200000000 --keep /tmp/shards   # 200M shuffled rows in 20 shards
 ```
 
 ``--grouped-scaling`` reports how the peak memory of the one-pass ``score --grouped`` grows with the
@@ -42,19 +43,36 @@ def generate(path: Path, rows: int, shuffle: bool, seed: int = 0) -> int:
     ids = np.repeat(np.arange(rows // 8), 8)
     if shuffle:
         ids = rng.permutation(ids)
-    ids = pa.array(ids.astype(np.int32))
-    table = pa.table(
+    table = completions(ids, 0, rng)
+    pq.write_table(table, path)
+    return table.select(["prompt", "logprob", "reward"]).nbytes
+
+
+def completions(prompt_ids: np.ndarray, first_row: int, rng: np.random.Generator) -> pa.Table:
+    """Rows of the given prompt numbers, numbered from ``first_row``: prompt and completion strings,
+    log-prob and reward."""
+    ids = pa.array(prompt_ids.astype(np.int32))
+    rows = prompt_ids.shape[0]
+    return pa.table(
         {
             "prompt": pc.binary_join_element_wise(pa.scalar("a prompt about topic number "), pc.cast(ids, pa.string()), ""),
             "completion": pc.binary_join_element_wise(
-                pa.scalar("completion "), pc.cast(pa.array(np.arange(rows)), pa.string()), ""
+                pa.scalar("completion "), pc.cast(pa.array(np.arange(first_row, first_row + rows)), pa.string()), ""
             ),
             "logprob": rng.normal(size=rows) * 10 - 50,
             "reward": rng.normal(size=rows),
         }
     )
-    pq.write_table(table, path)
-    return table.select(["prompt", "logprob", "reward"]).nbytes
+
+
+def generate_shards(folder: Path, rows: int, shard_rows: int, seed: int = 0) -> None:
+    """Write a data set of ``rows`` shuffled completions in prompts of 8 as Parquet shards of
+    ``shard_rows``: the rows of a prompt are spread over the whole data set."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(np.repeat(np.arange(rows // 8, dtype=np.int32), 8))
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard, start in enumerate(range(0, rows, shard_rows)):
+        pq.write_table(completions(ids[start : start + shard_rows], start, rng), folder / f"part-{shard:04d}.parquet")
 
 
 # Runs the CLI and, at exit, writes its own peak resident memory (VmHWM, which starts afresh at exec;
@@ -109,6 +127,23 @@ def scaling(sizes: list[int], shuffled: bool) -> None:
             scored.unlink()
 
 
+def sharded(rows: int, keep: Path | None) -> None:
+    """``shfcas score`` on a shuffled data set of Parquet shards: wall time and peak memory."""
+    with tempfile.TemporaryDirectory(dir=keep.parent if keep else None) as tmp:
+        folder = keep or Path(tmp) / "shards"
+        start = time.perf_counter()
+        if not (folder / "part-0000.parquet").exists():
+            generate_shards(folder, rows, 10_000_000)
+            print(f"generated {rows:,} rows in {time.perf_counter() - start:.0f} s", flush=True)
+        scored = Path(tmp) / "scored.parquet"
+        seconds, peak_gib = run(["score", str(folder), "-o", str(scored), "-q"], Path(tmp) / "peak_kib")
+        print("| rows | prompts | command | wall | peak memory | bytes per row |\n|---:|---:|---|---:|---:|---:|")
+        print(
+            f"| {rows:,} | {rows // 8:,} | `shfcas score` (shuffled, {len(list(folder.glob('*.parquet')))} shards) "
+            f"| {seconds:.1f} s | {peak_gib:.2f} GiB | {peak_gib * 2**30 / rows:.0f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -116,7 +151,14 @@ def main() -> None:
     )
     parser.add_argument("--grouped-scaling", action="store_true", help="peak memory of score --grouped by file size")
     parser.add_argument("--shuffled-scaling", action="store_true", help="peak memory of score on shuffled rows by file size")
+    parser.add_argument(
+        "--sharded", type=int, metavar="ROWS", help="score a shuffled data set of ROWS rows in 10M-row shards"
+    )
+    parser.add_argument("--keep", type=Path, help="with --sharded: generate into (or reuse) this folder")
     args = parser.parse_args()
+    if args.sharded:
+        sharded(args.sharded, args.keep)
+        return
     if args.grouped_scaling or args.shuffled_scaling:
         default = [10_000_000, 20_000_000, 40_000_000] if args.shuffled_scaling else [1_000_000, 5_000_000, 10_000_000]
         scaling(sorted(args.rows or default), shuffled=args.shuffled_scaling)

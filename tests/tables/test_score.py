@@ -121,13 +121,17 @@ def test_score_file_writes_what_score_table_returns(tmp_path, adjacent, grouped)
         score_file(source, output)
 
 
-@pytest.mark.parametrize("path", ["one core call", "buckets", "colliding hashes"])
-def test_score_file_on_scattered_prompts_takes_every_path_to_the_same_rows(tmp_path, monkeypatch, path):
-    # score_file keeps two hashes per prompt, not the prompts. Large files are scored in buckets by
-    # hash; when two distinct prompts share the first hash the second tells, and the file is scored
-    # again grouping by the prompts themselves. Every path must write what score_table returns.
+@pytest.mark.parametrize(
+    "path", ["adjacent prompts", "one core call", "buckets", "colliding hashes", "adjacent, colliding hashes"]
+)
+def test_score_file_takes_every_path_to_the_same_rows(tmp_path, monkeypatch, path):
+    # score_file keeps two hashes per prompt, not the prompts. Adjacent prompts go to the contiguous
+    # engine, scattered ones to keyed scoring, in buckets by hash on large files; when two distinct
+    # prompts share the first hash the second tells, and the file is scored again grouping by the
+    # prompts themselves. Every path must write what score_table returns.
     rng = np.random.default_rng(4)
-    prompts = [f"prompt {p}" for p in rng.integers(0, 90, size=700).tolist()]
+    numbers = rng.integers(0, 90, size=700)
+    prompts = [f"prompt {p}" for p in (np.sort(numbers) if "adjacent" in path else numbers).tolist()]
     logprob, reward = rng.normal(size=700), rng.normal(size=700)
     reward[[5, 300]] = np.nan  # omitted rows shift the rows that are scored
     table = pa.table({"prompt": prompts, "completion": np.arange(700), "logprob": logprob, "reward": reward})
@@ -136,7 +140,7 @@ def test_score_file_on_scattered_prompts_takes_every_path_to_the_same_rows(tmp_p
     fallbacks = []
     if path == "buckets":
         monkeypatch.setattr(grouping, "_BUCKET_ROWS", 50)
-    if path == "colliding hashes":
+    if "colliding" in path:
         monkeypatch.setattr(grouping, "_HASH_MASK", 0xF000_0000_0000_0000)  # 16 hashes for 90 prompts
         exact = score_module._write_two_passes_holding_prompts
         monkeypatch.setattr(
@@ -146,7 +150,7 @@ def test_score_file_on_scattered_prompts_takes_every_path_to_the_same_rows(tmp_p
     expected = score_table(table, nan_policy="omit")
     assert_tables_equal(io.read_table(output), expected)
     assert (summary.rows, summary.omitted, summary.prompts) == (698, 2, len(set(expected["prompt"].to_pylist())))
-    assert fallbacks == ([1] if path == "colliding hashes" else [])
+    assert fallbacks == ([1] if "colliding" in path else [])
 
 
 def test_default_batch_is_bounded_by_bytes(tmp_path):

@@ -149,11 +149,18 @@ def score_hashed(
     Returns what :func:`score_rows` returns, or ``None`` when two distinct keys share a hash: every
     row's second, independent hash (``checks``) is compared with its prompt's first row's. The keys
     themselves are not needed, so a table of any size is grouped in about 32 bytes per row plus
-    the scores. Inputs of more than ``_BUCKET_ROWS`` rows are scored bucket by bucket, every prompt
-    in one bucket; the results are the same.
+    the scores. Rows whose prompts are already adjacent go to the contiguous engine; scattered
+    inputs of more than ``_BUCKET_ROWS`` rows are scored bucket by bucket, every prompt in one
+    bucket. The results are the same.
     """
     n = hashes.shape[0]
     num_buckets = 1 << max(0, int(np.ceil(np.log2(max(n, 1) / _BUCKET_ROWS))))
+    run_starts = _distinct_runs(hashes)
+    if run_starts is not None:  # each prompt's rows adjacent: the contiguous engine, no partitioning
+        sizes = np.diff(np.append(run_starts, n))
+        scores = score(logprob, reward, sizes)
+        ids = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), sizes)
+        return (scores, ids) if _checks_agree(checks, ids, run_starts) else None
     if num_buckets == 1:
         (z_l, z_r, pacs, conflict, tau, degenerate), (ids, sizes, first_rows, _) = _core.score_keys(
             hashes, logprob, reward, "all"
@@ -181,10 +188,8 @@ def score_hashed(
             ids[start : start + _STEP_ROWS] = renumber[ids[start : start + _STEP_ROWS]]
         first_rows, sizes = first_rows[by_first_row], sizes[by_first_row]
         conflict, tau, degenerate = conflict[by_first_row], tau[by_first_row], degenerate[by_first_row]
-    first_checks = checks[first_rows]
-    for start in range(0, n, _STEP_ROWS):
-        if not np.array_equal(checks[start : start + _STEP_ROWS], first_checks[ids[start : start + _STEP_ROWS]]):
-            return None
+    if not _checks_agree(checks, ids, first_rows):
+        return None
     scores = ConflictScores(
         pacs=pacs,
         z_logprob=z_l,
@@ -196,6 +201,27 @@ def score_hashed(
         group_sizes=sizes,
     )
     return scores, ids
+
+
+def _distinct_runs(hashes: np.ndarray) -> np.ndarray | None:
+    """Where each run of equal adjacent hashes starts, if no hash comes back after another; else None."""
+    if not hashes.shape[0]:
+        return np.zeros(0, dtype=np.int64)
+    changes = hashes[1:] != hashes[:-1]
+    if np.count_nonzero(changes) + 1 > hashes.shape[0] // _MIN_MEAN_RUN:  # scattered: look no further
+        return None
+    run_starts = np.concatenate([[0], np.flatnonzero(changes) + 1])
+    run_hashes = np.sort(hashes[run_starts])
+    return None if np.any(run_hashes[1:] == run_hashes[:-1]) else run_starts
+
+
+def _checks_agree(checks: np.ndarray, ids: np.ndarray, first_rows: np.ndarray) -> bool:
+    """Whether every row's second hash equals that of its prompt's first row."""
+    first_checks = checks[first_rows]
+    return all(
+        np.array_equal(checks[start : start + _STEP_ROWS], first_checks[ids[start : start + _STEP_ROWS]])
+        for start in range(0, checks.shape[0], _STEP_ROWS)
+    )
 
 
 def _buckets(hashes: np.ndarray, num_buckets: int) -> np.ndarray:
