@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import reference
 from table_cases import assert_tables_equal
@@ -151,6 +152,27 @@ def test_score_file_takes_every_path_to_the_same_rows(tmp_path, monkeypatch, pat
     assert_tables_equal(io.read_table(output), expected)
     assert (summary.rows, summary.omitted, summary.prompts) == (698, 2, len(set(expected["prompt"].to_pylist())))
     assert fallbacks == ([1] if "colliding" in path else [])
+
+
+def test_score_file_hashes_dictionary_prompts_by_value(tmp_path):
+    # A categorical prompt column in shards: each shard has a dictionary of its own, so the hashes
+    # must come from the values, not from the codes.
+    rng = np.random.default_rng(8)
+    prompts = [f"prompt {p}" for p in rng.integers(0, 30, size=400).tolist()]
+    logprob, reward = rng.normal(size=400), rng.normal(size=400)
+    table = pa.table({"prompt": pa.array(prompts).dictionary_encode(), "logprob": logprob, "reward": reward})
+    folder, output = tmp_path / "shards", tmp_path / "scored.parquet"
+    folder.mkdir()
+    for shard, start in enumerate(range(0, 400, 100)):
+        part = table.slice(start, 100)  # a dictionary of this shard's prompts only
+        part = part.set_column(0, "prompt", pa.array(prompts[start : start + 100]).dictionary_encode())
+        pq.write_table(part, folder / f"part-{shard}.parquet")
+    score_file(folder, output, batch_size=37)
+    scored = io.read_table(output)
+    expected = score_table(table.set_column(0, "prompt", pa.array(prompts)))
+    for name in SCORE_FIELDS.names:
+        actual, wanted = (table[name].to_numpy(zero_copy_only=False) for table in (scored, expected))
+        np.testing.assert_array_equal(actual, wanted, err_msg=name)
 
 
 def test_default_batch_is_bounded_by_bytes(tmp_path):

@@ -138,6 +138,8 @@ def hash_prompts(keys: pa.Array | pa.ChunkedArray, name: str, *, first_row: int 
     rows numbered from ``first_row`` in errors): the first to group by, the second to tell two
     distinct keys that share the first apart (see :func:`score_hashed`)."""
     keys = _keys(keys, name, first_row=first_row)
+    if pa.types.is_dictionary(keys.type):  # hash the values: each batch has a dictionary of its own
+        keys = keys.cast(keys.type.value_type)
     return _core.hash_keys(core_keys(keys, name), _HASH_MASK)
 
 
