@@ -156,13 +156,13 @@ def score_hashed(
     bucket. The results are the same.
     """
     n = hashes.shape[0]
-    num_buckets = 1 << max(0, int(np.ceil(np.log2(max(n, 1) / _BUCKET_ROWS))))
     run_starts = _distinct_runs(hashes)
     if run_starts is not None:  # each prompt's rows adjacent: the contiguous engine, no partitioning
         sizes = np.diff(np.append(run_starts, n))
         scores = score(logprob, reward, sizes)
         ids = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), sizes)
         return (scores, ids) if _checks_agree(checks, ids, run_starts) else None
+    num_buckets = 1 << max(0, int(np.ceil(np.log2(n / _BUCKET_ROWS))))
     if num_buckets == 1:
         (z_l, z_r, pacs, conflict, tau, degenerate), (ids, sizes, first_rows, _) = _core.score_keys(
             hashes, logprob, reward, "all"
