@@ -303,34 +303,33 @@ def score(logprobs: Any, rewards: Any, group_sizes: Any = None, *, groups: Any =
     """
     lp, rw = as_float_pair(logprobs, rewards, "logprobs", "rewards")
     keys = _raw_keys(group_sizes, groups, lp.shape[0])
-    offsets: np.ndarray | None
-    key_groups: KeyGroups | None
     if keys is not None:
-        (z_l, z_r, pacs_values, conflict, tau, degenerate), (index, sizes, first_rows, contiguous) = (
-            _core.score_keys(keys, lp, rw, "all")
-        )
-        offsets, key_groups = None, groups_from_core(sizes, first_rows, contiguous, index=index)
+        arrays, (index, sizes, first_rows, contiguous) = _core.score_keys(keys, lp, rw, "all")
+        key_groups = groups_from_core(sizes, first_rows, contiguous, index=index)
+        return KeyedConflictScores(**core_score_fields(arrays), group_sizes=sizes, groups=key_groups)
+    offsets, grouped_keys = _grouping(group_sizes, groups, lp.shape[0])
+    if grouped_keys is None:
+        return ConflictScores(**core_score_fields(_core.score(lp, rw, offsets)), group_sizes=np.diff(offsets))
+    if grouped_keys.contiguous:
+        arrays = _core.score(lp, rw, offsets)
     else:
-        offsets, key_groups = _grouping(group_sizes, groups, lp.shape[0])
-        if key_groups is None or key_groups.contiguous:
-            z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score(lp, rw, offsets)
-        else:
-            z_l, z_r, pacs_values, conflict, tau, degenerate = _core.score_reordered(
-                lp, rw, key_groups.order, offsets
-            )
-    fields = dict(
+        arrays = _core.score_reordered(lp, rw, grouped_keys.order, offsets)
+    return KeyedConflictScores(**core_score_fields(arrays), group_sizes=grouped_keys.sizes, groups=grouped_keys)
+
+
+def core_score_fields(arrays: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+    """The fields of a :class:`ConflictScores`, but ``group_sizes``, from the core's score arrays
+    ``(z_logprob, z_reward, pacs, group_conflict, kendall_tau, degenerate)``."""
+    z_logprob, z_reward, pacs_values, conflict, tau, degenerate = arrays
+    return dict(
         pacs=pacs_values,
-        z_logprob=z_l,
-        z_reward=z_r,
+        z_logprob=z_logprob,
+        z_reward=z_reward,
         group_conflict=conflict,
         kendall_tau=tau,
         kendall_distance=(1.0 - tau) / 2.0,
         degenerate=degenerate,
     )
-    if key_groups is None:
-        assert offsets is not None
-        return ConflictScores(**fields, group_sizes=np.diff(offsets))
-    return KeyedConflictScores(**fields, group_sizes=key_groups.sizes, groups=key_groups)
 
 
 def select(

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from .. import _core, io
 from ..errors import ShfcasTypeError, ShfcasValueError
 from ..grouping import KeyGroups, core_keys, group_keys
-from ..scoring import ConflictScores, score
+from ..scoring import ConflictScores, core_score_fields, score
 
 __all__ = ["AdjacentGroups", "Groups", "group_rows", "hash_prompts", "score_hashed", "score_rows"]
 
@@ -164,9 +164,7 @@ def score_hashed(
         return (scores, ids) if _checks_agree(checks, ids, run_starts) else None
     num_buckets = 1 << max(0, int(np.ceil(np.log2(n / _BUCKET_ROWS))))
     if num_buckets == 1:
-        (z_l, z_r, pacs, conflict, tau, degenerate), (ids, sizes, first_rows, _) = _core.score_keys(
-            hashes, logprob, reward, "all"
-        )
+        arrays, (ids, sizes, first_rows, _) = _core.score_keys(hashes, logprob, reward, "all")
     else:
         z_l, z_r, pacs, ids = np.empty(n), np.empty(n), np.empty(n), np.empty(n, dtype=np.int64)
         buckets = _buckets(hashes, num_buckets)
@@ -189,20 +187,10 @@ def score_hashed(
         for start in range(0, n, _STEP_ROWS):
             ids[start : start + _STEP_ROWS] = renumber[ids[start : start + _STEP_ROWS]]
         first_rows, sizes = first_rows[by_first_row], sizes[by_first_row]
-        conflict, tau, degenerate = conflict[by_first_row], tau[by_first_row], degenerate[by_first_row]
+        arrays = (z_l, z_r, pacs, conflict[by_first_row], tau[by_first_row], degenerate[by_first_row])
     if not _checks_agree(checks, ids, first_rows):
         return None
-    scores = ConflictScores(
-        pacs=pacs,
-        z_logprob=z_l,
-        z_reward=z_r,
-        group_conflict=conflict,
-        kendall_tau=tau,
-        kendall_distance=(1.0 - tau) / 2.0,
-        degenerate=degenerate,
-        group_sizes=sizes,
-    )
-    return scores, ids
+    return ConflictScores(**core_score_fields(arrays), group_sizes=sizes), ids
 
 
 def _distinct_runs(hashes: np.ndarray) -> np.ndarray | None:

@@ -534,16 +534,9 @@ def _write_two_passes(
         return _write_two_passes_holding_prompts(input_path, writer, columns, batch_size, total, progress)
     scores, prompt_ids = scored
     everything_from_input = pa.table({})  # pass 2 reads every column again: none is held
-    with progress_bar(total, "writing", enabled=progress) as bar:
-        batches = _scored_batches(
-            input_path, writer.schema, everything_from_input, drop, prompt_ids, scores, batch_size
-        )
-        for batch in batches:
-            writer.write(batch)
-            bar.update(batch.num_rows)
-    summary = ScoreSummary()
-    summary.add(scores, omitted=0 if drop is None else int(np.count_nonzero(drop)))
-    return summary
+    return _write_pass_2(
+        input_path, writer, everything_from_input, drop, prompt_ids, scores, batch_size, total, progress
+    )
 
 
 def _write_two_passes_holding_prompts(
@@ -561,6 +554,21 @@ def _write_two_passes_holding_prompts(
         prompts if drop is None else prompts.filter(pa.array(~drop)), logprob, reward, columns.prompt
     )
     del logprob, reward  # pass 2 needs the memory more
+    return _write_pass_2(input_path, writer, scored_table, drop, prompt_ids, scores, batch_size, total, progress)
+
+
+def _write_pass_2(
+    input_path: Path,
+    writer: io.BatchWriter,
+    scored_table: pa.Table,
+    drop: np.ndarray | None,
+    prompt_ids: np.ndarray,
+    scores: ConflictScores,
+    batch_size: int | None,
+    total: int | None,
+    progress: bool,
+) -> ScoreSummary:
+    """Pass 2: write :func:`_scored_batches` and return what was scored."""
     with progress_bar(total, "writing", enabled=progress) as bar:
         for batch in _scored_batches(input_path, writer.schema, scored_table, drop, prompt_ids, scores, batch_size):
             writer.write(batch)
