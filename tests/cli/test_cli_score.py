@@ -217,25 +217,24 @@ def peak_memory_bytes(arguments: list[str]) -> int:
 
 
 def test_grouped_streaming_memory_is_bounded_by_the_batch(tmp_path):
-    rows = 2_000_000
-    prompt_ids = pa.array(np.repeat(np.arange(rows // 8), 8).astype(np.int32))
-    long_prompt = pa.scalar("a prompt long enough to dominate the scored columns " * 4)
-    source = tmp_path / "adjacent.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "prompt": pa.compute.binary_join_element_wise(long_prompt, pa.compute.cast(prompt_ids, pa.string()), ""),
-                "logprob": np.random.default_rng(8).normal(size=rows),
-                "reward": np.random.default_rng(9).normal(size=rows),
-            }
-        ),
-        source,
-        row_group_size=65536,
-    )
-    command = ["score", str(source), "-o", str(tmp_path / "out.parquet"), "-q", "--overwrite"]
-    command += ["--batch-size", "65536"]
-    two_passes, one_pass = peak_memory_bytes(command), peak_memory_bytes([*command, "--grouped"])
-    assert one_pass < 0.6 * two_passes, f"peak MiB: two passes {two_passes >> 20}, --grouped {one_pass >> 20}"
+    # Doubling the file barely moves the peak of the one-pass --grouped run (8 bytes per prompt and
+    # allocator noise), while the two-pass run holds every row's hashes, values and scores. Growths
+    # are compared, not peaks, which both include the interpreter and its imports.
+    def peaks(rows: int) -> tuple[int, int]:
+        prompt_ids = pa.array(np.repeat(np.arange(rows // 8), 8).astype(np.int32))
+        long_prompt = pa.scalar("a prompt long enough to dominate the scored columns " * 4)
+        source = tmp_path / f"adjacent_{rows}.parquet"
+        prompts = pa.compute.binary_join_element_wise(long_prompt, pa.compute.cast(prompt_ids, pa.string()), "")
+        rng = np.random.default_rng(8)
+        table = pa.table({"prompt": prompts, "logprob": rng.normal(size=rows), "reward": rng.normal(size=rows)})
+        pq.write_table(table, source, row_group_size=65536)
+        command = ["score", str(source), "-o", str(tmp_path / "out.parquet"), "-q", "--overwrite"]
+        command += ["--batch-size", "65536"]
+        return peak_memory_bytes(command), peak_memory_bytes([*command, "--grouped"])
+
+    (two_small, one_small), (two_large, one_large) = peaks(1_000_000), peaks(2_000_000)
+    two_passes, one_pass = two_large - two_small, one_large - one_small
+    assert one_pass < 0.3 * two_passes, f"peak growth MiB: two passes {two_passes >> 20}, --grouped {one_pass >> 20}"
 
 
 @pytest.mark.parametrize("grouped", [[], ["--grouped"]])
