@@ -179,7 +179,12 @@ _NO_KEYS = np.zeros(0, dtype=np.int64)
 
 def core_keys(keys: Any, name: str) -> CoreKeys:
     """``keys`` (anything :func:`group_keys` takes) as the core reads them, without copying where
-    their buffers allow; errors name the argument ``name``."""
+    their buffers allow; errors name the argument ``name``.
+
+    Equal keys of one call map to equal core keys, but a dictionary column is renumbered by its
+    values' first appearance, so its core keys are not comparable across calls (batches): decode it
+    first where they must be.
+    """
     if isinstance(keys, (pa.Array, pa.ChunkedArray)):
         return _arrow_keys(keys, name)
     if isinstance(keys, np.ndarray):

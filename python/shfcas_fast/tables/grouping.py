@@ -95,7 +95,7 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
         return Groups(ids=empty, sizes=empty, first_rows=empty, order=None)
     chunks = _nonempty_chunks(keys)
     run_starts = _run_starts(chunks)
-    if _is_scattered(run_starts, n):
+    if _is_scattered(run_starts.shape[0], n):
         del run_starts  # as large as the row count: free it before hashing
         # Scattered rows: the core hashes every key.
         key_groups = group_keys(pa.chunked_array(chunks))
@@ -120,7 +120,7 @@ def score_rows(
         return score(logprob, reward, empty), empty
     chunks = _nonempty_chunks(keys)
     run_starts = _run_starts(chunks)
-    if _is_scattered(run_starts, n):
+    if _is_scattered(run_starts.shape[0], n):
         del run_starts
         keyed = score(logprob, reward, groups=pa.chunked_array(chunks))
         return keyed, keyed.prompt_index
@@ -198,7 +198,7 @@ def _distinct_runs(hashes: np.ndarray) -> np.ndarray | None:
     if not hashes.shape[0]:
         return np.zeros(0, dtype=np.int64)
     changes = hashes[1:] != hashes[:-1]
-    if np.count_nonzero(changes) + 1 > hashes.shape[0] // _MIN_MEAN_RUN:  # scattered: look no further
+    if _is_scattered(int(np.count_nonzero(changes)) + 1, hashes.shape[0]):  # look no further
         return None
     run_starts = np.concatenate([[0], np.flatnonzero(changes) + 1])
     run_hashes = np.sort(hashes[run_starts])
@@ -229,9 +229,10 @@ def _nonempty_chunks(keys: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
     return [chunk for chunk in (keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]) if len(chunk)]
 
 
-def _is_scattered(run_starts: np.ndarray, n: int) -> bool:
-    """Whether runs of equal adjacent keys are so short that hashing every key beats taking run keys."""
-    return run_starts.shape[0] > n // _MIN_MEAN_RUN
+def _is_scattered(num_runs: int, n: int) -> bool:
+    """Whether ``num_runs`` runs of equal adjacent keys over ``n`` rows are so short that grouping
+    every row beats grouping one key per run."""
+    return num_runs > n // _MIN_MEAN_RUN
 
 
 def _groups_of_runs(chunks: list[pa.Array], run_starts: np.ndarray, n: int) -> Groups:
