@@ -30,7 +30,7 @@ from ..errors import ShfcasTypeError, ShfcasValueError
 from ..grouping import KeyGroups, core_keys, group_keys
 from ..scoring import ConflictScores, core_score_fields, score
 
-__all__ = ["AdjacentGroups", "Groups", "group_rows", "hash_prompts", "score_hashed", "score_rows"]
+__all__ = ["AdjacentGroups", "Groups", "group_hashed", "group_rows", "hash_prompts", "score_hashed", "score_rows"]
 
 # Below this many rows per run of adjacent equal keys on average, hashing every key beats taking
 # the run keys first (which copies them).
@@ -98,9 +98,7 @@ def group_rows(keys: pa.Array | pa.ChunkedArray, name: str) -> Groups:
     if _is_scattered(run_starts.shape[0], n):
         del run_starts  # as large as the row count: free it before hashing
         # Scattered rows: the core hashes every key.
-        key_groups = group_keys(pa.chunked_array(chunks))
-        order = None if key_groups.contiguous else key_groups.order
-        return Groups(ids=key_groups.index, sizes=key_groups.sizes, first_rows=key_groups.first_rows, order=order)
+        return _groups_of_keys(group_keys(pa.chunked_array(chunks)))
     return _groups_of_runs(chunks, run_starts, n)
 
 
@@ -143,6 +141,18 @@ def hash_prompts(keys: pa.Array | pa.ChunkedArray, name: str, *, first_row: int 
     return _core.hash_keys(core_keys(keys, name), _HASH_MASK)
 
 
+def group_hashed(hashes: np.ndarray, checks: np.ndarray) -> Groups | None:
+    """Group rows by the first hash of :func:`hash_prompts` (``hashes``), or ``None`` when two distinct
+    keys share it: every row's second hash (``checks``) is compared with its group's first row's."""
+    run_starts = _distinct_runs(hashes)
+    if run_starts is not None:  # each prompt's rows adjacent
+        sizes, ids = _adjacent_groups(run_starts, hashes.shape[0])
+        groups = Groups(ids=ids, sizes=sizes, first_rows=run_starts, order=None)
+    else:
+        groups = _groups_of_keys(group_keys(hashes))
+    return groups if _checks_agree(checks, groups.ids, groups.first_rows) else None
+
+
 def score_hashed(
     hashes: np.ndarray, checks: np.ndarray, logprob: np.ndarray, reward: np.ndarray
 ) -> tuple[ConflictScores, np.ndarray] | None:
@@ -158,9 +168,8 @@ def score_hashed(
     n = hashes.shape[0]
     run_starts = _distinct_runs(hashes)
     if run_starts is not None:  # each prompt's rows adjacent: the contiguous engine, no partitioning
-        sizes = np.diff(np.append(run_starts, n))
+        sizes, ids = _adjacent_groups(run_starts, n)
         scores = score(logprob, reward, sizes)
-        ids = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), sizes)
         return (scores, ids) if _checks_agree(checks, ids, run_starts) else None
     num_buckets = 1 << max(0, int(np.ceil(np.log2(n / _BUCKET_ROWS))))
     if num_buckets == 1:
@@ -203,6 +212,21 @@ def _distinct_runs(hashes: np.ndarray) -> np.ndarray | None:
     run_starts = np.concatenate([[0], np.flatnonzero(changes) + 1])
     run_hashes = np.sort(hashes[run_starts])
     return None if np.any(run_hashes[1:] == run_hashes[:-1]) else run_starts
+
+
+def _adjacent_groups(run_starts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sizes, ids)`` of ``n`` rows whose groups are the runs starting at ``run_starts``."""
+    sizes = np.diff(np.append(run_starts, n))
+    return sizes, np.repeat(np.arange(sizes.shape[0], dtype=np.int64), sizes)
+
+
+def _groups_of_keys(key_groups: KeyGroups) -> Groups:
+    return Groups(
+        ids=key_groups.index,
+        sizes=key_groups.sizes,
+        first_rows=key_groups.first_rows,
+        order=None if key_groups.contiguous else key_groups.order,
+    )
 
 
 def _checks_agree(checks: np.ndarray, ids: np.ndarray, first_rows: np.ndarray) -> bool:

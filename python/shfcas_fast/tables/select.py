@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -38,7 +39,7 @@ from ..errors import ShfcasTypeError, ShfcasValueError
 from ..scoring import ConflictScores, PromptScores, Strategy, select
 from ._progress import progress_bar
 from .columns import PER_COMPLETION_FIELDS, SCORE_FIELDS, float_column, require_columns
-from .grouping import Groups, group_rows
+from .grouping import Groups, group_hashed, group_rows, hash_prompts
 
 __all__ = [
     "OutputKind",
@@ -60,6 +61,8 @@ OutputKind = Literal["rows", "prompts"]
 #: The column holding each selected prompt's rank.
 SELECTION_RANK = pa.field("selection_rank", pa.int64())
 _PER_PROMPT_FIELDS = ("group_conflict", "kendall_tau", "kendall_distance")
+# What a scored file's reader keeps of each batch's prompts (the column itself, or its hashes).
+_Prompts = TypeVar("_Prompts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +81,29 @@ class ScoredPrompts:
 
     def prompt_table(self, selected: np.ndarray) -> pa.Table:
         """One row per prompt of ``selected`` (group indices), in that order: a TRL prompt-only data set."""
-        columns = [
-            self.prompts.take(pa.array(self.groups.first_rows[selected])),
-            pa.array(self.groups.sizes[selected], pa.int64()),
-            *(pa.array(getattr(self.scores, name)[selected], pa.float64()) for name in _PER_PROMPT_FIELDS),
-            pa.array(np.arange(selected.shape[0]), pa.int64()),
-        ]
-        return pa.Table.from_arrays(columns, schema=prompt_schema(self.prompts.type))
+        return _prompt_table(self.prompts.take(pa.array(self.groups.first_rows[selected])), self.scores, selected)
 
     def row_ranks(self, selected: np.ndarray) -> np.ndarray:
         """int64 per row: the selection rank of the row's prompt, -1 where it was not selected."""
-        rank = np.full(self.groups.num_groups, -1, dtype=np.int64)
-        rank[selected] = np.arange(selected.shape[0])
-        return rank[self.groups.ids]
+        return _row_ranks(self.groups, selected)
+
+
+def _prompt_table(prompts: pa.Array | pa.ChunkedArray, scores: PromptScores, selected: np.ndarray) -> pa.Table:
+    """The ``kind="prompts"`` table of the groups ``selected``, whose prompts (in that order) are ``prompts``."""
+    columns = [
+        prompts,
+        pa.array(scores.group_sizes[selected], pa.int64()),
+        *(pa.array(getattr(scores, name)[selected], pa.float64()) for name in _PER_PROMPT_FIELDS),
+        pa.array(np.arange(selected.shape[0]), pa.int64()),
+    ]
+    return pa.Table.from_arrays(columns, schema=prompt_schema(prompts.type))
+
+
+def _row_ranks(groups: Groups, selected: np.ndarray) -> np.ndarray:
+    """int64 per row: the selection rank of the row's group, -1 where it was not selected."""
+    rank = np.full(groups.num_groups, -1, dtype=np.int64)
+    rank[selected] = np.arange(selected.shape[0])
+    return rank[groups.ids]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,13 +139,22 @@ def _scored_prompts(
 ) -> ScoredPrompts:
     """Group the rows of a scored table and take each prompt's scores (consumes ``numbers``)."""
     groups = group_rows(prompts, prompt_column)
-    per_prompt = {name: _per_group(numbers.pop(name), groups, name, source) for name in _PER_PROMPT_FIELDS}
-    per_prompt["degenerate"] = _per_group(degenerate, groups, "degenerate", source)
-    per_prompt["group_sizes"] = groups.sizes
+    per_prompt = _per_prompt_scores(groups, numbers, degenerate, source)
     if not per_completion:
         return ScoredPrompts(prompts=prompts, groups=groups, scores=PromptScores(**per_prompt))
     per_row = {name: groups.contiguous(numbers[name]) for name in PER_COMPLETION_FIELDS}
     return ScoredPrompts(prompts=prompts, groups=groups, scores=ConflictScores(**per_prompt, **per_row))
+
+
+def _per_prompt_scores(
+    groups: Groups, numbers: dict[str, np.ndarray], degenerate: np.ndarray, source: object
+) -> dict[str, np.ndarray]:
+    """The :class:`PromptScores` fields of grouped rows, checking that each group's rows agree (pops
+    the per-prompt columns from ``numbers``)."""
+    per_prompt = {name: _per_group(numbers.pop(name), groups, name, source) for name in _PER_PROMPT_FIELDS}
+    per_prompt["degenerate"] = _per_group(degenerate, groups, "degenerate", source)
+    per_prompt["group_sizes"] = groups.sizes
+    return per_prompt
 
 
 def _require_scores(schema: pa.Schema, prompt_column: str, source: object) -> None:
@@ -174,21 +196,51 @@ def load_scored(
     schema = io.read_schema(path)
     _require_scores(schema, prompt_column, path)
     numeric = _numeric_fields(per_completion)
-    prompt_chunks, flag_chunks = [], []
+    prompt_chunks, numbers, flags = _read_scores(path, prompt_column, numeric, progress, lambda prompts, _: prompts)
+    return _scored_prompts(pa.chunked_array(prompt_chunks), numbers, flags, prompt_column, path, per_completion)
+
+
+def _load_hashed(path: Path, prompt_column: str, progress: bool) -> tuple[Groups, PromptScores] | None:
+    """The grouping and per-prompt scores of a scored file, grouped by prompt hashes (no prompt text
+    is held), or ``None`` when two distinct prompts share a 64-bit hash (see :func:`group_hashed`)."""
+    _require_scores(io.read_schema(path), prompt_column, path)
+    hashed, numbers, flags = _read_scores(
+        path, prompt_column, _numeric_fields(per_completion=False), progress,
+        lambda prompts, first_row: hash_prompts(prompts, prompt_column, first_row=first_row),
+    )
+    hashes, checks = (np.concatenate(parts) for parts in zip(*hashed))
+    del hashed
+    groups = group_hashed(hashes, checks)
+    if groups is None:
+        return None
+    return groups, PromptScores(**_per_prompt_scores(groups, numbers, flags, path))
+
+
+def _read_scores(
+    path: str | os.PathLike[str],
+    prompt_column: str,
+    numeric: list[str],
+    progress: bool,
+    keep_prompts: Callable[[pa.Array, int], _Prompts],
+) -> tuple[list[_Prompts], dict[str, np.ndarray], np.ndarray]:
+    """Read a scored file's prompts (as ``keep_prompts(batch's prompts, its first row)`` per batch), its
+    ``numeric`` columns and its degenerate flags; a file without rows raises."""
+    prompt_parts, flag_chunks = [], []
     number_chunks: dict[str, list[np.ndarray]] = {name: [] for name in numeric}
+    rows = 0
     with progress_bar(io.count_rows(path), "reading", enabled=progress) as bar:
         for batch in io.iter_batches(path, [prompt_column, "degenerate", *numeric]):
-            prompt_chunks.append(batch.column(prompt_column))
+            prompt_parts.append(keep_prompts(batch.column(prompt_column), rows))
             flag_chunks.append(_flags(batch.column("degenerate"), path))
             for name in numeric:
                 number_chunks[name].append(float_column(batch.column(name), name))
+            rows += batch.num_rows
             bar.update(batch.num_rows)
-    if not sum(len(chunk) for chunk in prompt_chunks):
+    if not rows:
         raise ShfcasValueError(f"{path} has no rows")
     # One column at a time, so that each column's Arrow buffers go as soon as it is copied.
     numbers = {name: np.concatenate(number_chunks.pop(name)) for name in numeric}
-    flags = np.concatenate(flag_chunks)
-    return _scored_prompts(pa.chunked_array(prompt_chunks), numbers, flags, prompt_column, path, per_completion)
+    return prompt_parts, numbers, np.concatenate(flag_chunks)
 
 
 def _flags(column: pa.Array | pa.ChunkedArray, source: object) -> np.ndarray:
@@ -286,8 +338,11 @@ def select_file(
 
     ```
 
-    The scored file is read twice for ``kind="rows"``: once for the prompts and their scores, once
-    streaming every column through to the output, so memory holds the prompt column, not the rows.
+    The scored file is read twice: once for the per-prompt scores and two 64-bit hashes of each
+    prompt, by which rows are grouped (about 50 bytes per row, no prompt text), once streaming every
+    column through to the output (``kind="prompts"``: the prompt column alone, for the prompts
+    chosen). Should two distinct prompts share the first hash (told by the second), the rows are
+    grouped by the prompts themselves, which holds the prompt column.
     """
     _check_kind(kind)
     io.check_output(output, overwrite=overwrite)
@@ -298,21 +353,47 @@ def select_file(
     else:
         output_schema = pa.schema([field for field in schema if field.name != SELECTION_RANK.name] + [SELECTION_RANK])
     with io.open_writer(output, output_schema, overwrite=overwrite) as writer:
-        prompts = load_scored(scored_path, prompt_column, per_completion=False, progress=progress)
-        selected = prompts.select(strategy, budget, threshold, seed)
-        groups = prompts.groups
+        groups, scores = _load_grouped(Path(scored_path), prompt_column, progress)
+        selected = select(scores, budget=budget, threshold=threshold, strategy=strategy, seed=seed)
+        summary = SelectSummary(
+            selected_prompts=int(selected.shape[0]),
+            prompts=groups.num_groups,
+            selected_rows=int(scores.group_sizes[selected].sum()),
+            strategy=strategy,
+        )
         if kind == "prompts":
-            writer.write(prompts.prompt_table(selected))
+            prompts = _take_rows(Path(scored_path), prompt_column, groups.first_rows[selected])
+            writer.write(_prompt_table(prompts, scores, selected))
         else:
-            ranks = prompts.row_ranks(selected)
-            del prompts  # the whole file is streamed again next: free the prompts and scores first
+            ranks = _row_ranks(groups, selected)
+            del groups, scores  # the whole file is streamed again next: free the grouping and scores first
             _write_selected_rows(Path(scored_path), writer, ranks, progress)
-    return SelectSummary(
-        selected_prompts=int(selected.shape[0]),
-        prompts=groups.num_groups,
-        selected_rows=int(groups.sizes[selected].sum()),
-        strategy=strategy,
-    )
+    return summary
+
+
+def _load_grouped(scored_path: Path, prompt_column: str, progress: bool) -> tuple[Groups, PromptScores]:
+    """The grouping and per-prompt scores of a scored file: by prompt hashes, or by the prompts
+    themselves should two distinct prompts share a hash."""
+    hashed = _load_hashed(scored_path, prompt_column, progress)
+    if hashed is not None:
+        return hashed
+    exact = load_scored(scored_path, prompt_column, per_completion=False, progress=progress)
+    return exact.groups, exact.scores
+
+
+def _take_rows(path: Path, column: str, rows: np.ndarray) -> pa.ChunkedArray:
+    """The values of ``column`` at ``rows`` (in that order), streaming the file's column once."""
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    parts = []
+    start = 0
+    for batch in io.iter_batches(path, [column]):
+        low, high = np.searchsorted(sorted_rows, [start, start + batch.num_rows])
+        parts.append(batch.column(0).take(pa.array(sorted_rows[low:high] - start)))
+        start += batch.num_rows
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.shape[0])
+    return pa.chunked_array(parts, io.read_schema(path).field(column).type).take(pa.array(inverse))
 
 
 def _write_selected_rows(scored_path: Path, writer: io.BatchWriter, ranks: np.ndarray, progress: bool) -> None:
