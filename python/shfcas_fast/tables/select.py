@@ -81,18 +81,20 @@ class ScoredPrompts:
 
     def prompt_table(self, selected: np.ndarray) -> pa.Table:
         """One row per prompt of ``selected`` (group indices), in that order: a TRL prompt-only data set."""
-        return _prompt_table(self.prompts.take(pa.array(self.groups.first_rows[selected])), self.scores, selected)
+        return _prompt_table(self.prompts.take(pa.array(self.groups.first_rows[selected])), self.groups, self.scores, selected)
 
     def row_ranks(self, selected: np.ndarray) -> np.ndarray:
         """int64 per row: the selection rank of the row's prompt, -1 where it was not selected."""
         return _row_ranks(self.groups, selected)
 
 
-def _prompt_table(prompts: pa.Array | pa.ChunkedArray, scores: PromptScores, selected: np.ndarray) -> pa.Table:
+def _prompt_table(
+    prompts: pa.Array | pa.ChunkedArray, groups: Groups, scores: PromptScores, selected: np.ndarray
+) -> pa.Table:
     """The ``kind="prompts"`` table of the groups ``selected``, whose prompts (in that order) are ``prompts``."""
     columns = [
         prompts,
-        pa.array(scores.group_sizes[selected], pa.int64()),
+        pa.array(groups.sizes[selected], pa.int64()),
         *(pa.array(getattr(scores, name)[selected], pa.float64()) for name in _PER_PROMPT_FIELDS),
         pa.array(np.arange(selected.shape[0]), pa.int64()),
     ]
@@ -358,12 +360,12 @@ def select_file(
         summary = SelectSummary(
             selected_prompts=int(selected.shape[0]),
             prompts=groups.num_groups,
-            selected_rows=int(scores.group_sizes[selected].sum()),
+            selected_rows=int(groups.sizes[selected].sum()),
             strategy=strategy,
         )
         if kind == "prompts":
             prompts = _take_rows(Path(scored_path), prompt_column, groups.first_rows[selected])
-            writer.write(_prompt_table(prompts, scores, selected))
+            writer.write(_prompt_table(prompts, groups, scores, selected))
         else:
             ranks = _row_ranks(groups, selected)
             del groups, scores  # the whole file is streamed again next: free the grouping and scores first
