@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffers::{zeroed, Zeroable};
 use crate::groups::DisjointWriter;
 use crate::keys::{
     hash_rows, rows_match_first_keys, run_on_keys, ColumnTask, Entry, KeyColumn, Keys, PartitionKeys, Partitioned,
@@ -55,13 +56,16 @@ pub fn score_keys<T: Real>(
 }
 
 /// A row as its partition holds it: hash, row number and the two values to score.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct ScoredEntry<T> {
     hash: u64,
     row: u32,
     logprob: T,
     reward: T,
 }
+
+// SAFETY: integers and floats.
+unsafe impl<T: Real> Zeroable for ScoredEntry<T> {}
 
 impl<T: Real> Entry for ScoredEntry<T> {
     fn hash(&self) -> u64 {
@@ -74,22 +78,13 @@ impl<T: Real> Entry for ScoredEntry<T> {
 
 /// What the row pass reads of an entry once its partition is scored: one record, so that each
 /// partition is one stream.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct EntryScore {
-    /// The entry's key in its partition.
-    key: u32,
+    /// The entry's prompt number.
+    prompt: u32,
     z_logprob: f64,
     z_reward: f64,
     pacs: f64,
-}
-
-/// A scored partition: its keys, each entry's scores (entry order), and each key's prompt scores.
-struct ScoredPartition {
-    keys: PartitionKeys,
-    entries: Vec<EntryScore>,
-    group_conflict: Vec<f64>,
-    kendall_tau: Vec<f64>,
-    degenerate: Vec<bool>,
 }
 
 struct ScoreTask<'a, T> {
@@ -136,40 +131,36 @@ impl<T: Real> ScoreTask<'_, T> {
             logprob: self.logprobs[row as usize],
             reward: self.rewards[row as usize],
         });
-        let parts: Vec<ScoredPartition> = partitioned
-            .partitions()
-            .into_par_iter()
-            .map(|entries| score_partition(PartitionKeys::number_by(keys, compare_keys, entries), entries, wanted))
+        let partitions = partitioned.partitions();
+        let numbered: Vec<PartitionKeys> = partitions
+            .par_iter()
+            .map(|entries| PartitionKeys::number_by(keys, compare_keys, entries))
             .collect();
-        partitioned.entries = Vec::new(); // the scored partitions hold all that is left to do
-        let numbered: Vec<&PartitionKeys> = parts.iter().map(|part| &part.keys).collect();
+        // Prompts are numbered before the partitions are scored, so that each entry's score carries
+        // its prompt's number: the row pass then reads streams only, with no lookup per row.
         let prompts = Prompts::rank(&numbered, n);
         let mut scores = Scores::zeroed(n, prompts.sizes.len(), wanted);
-
-        // Prompt outputs: each partition's keys to their prompt numbers.
+        let mut entry_scores: Vec<EntryScore> = zeroed(n); // partition-major, as the entries
         {
-            let conflict = DisjointWriter::new(&mut scores.group_conflict);
-            let tau = DisjointWriter::new(&mut scores.kendall_tau);
-            let degenerate = DisjointWriter::new(&mut scores.degenerate);
-            parts.par_iter().zip(&prompts.ids).for_each(|(part, ids)| {
-                for (k, &id) in ids.iter().enumerate() {
-                    let id = id as usize;
-                    // SAFETY: every prompt number belongs to one key of one partition.
-                    unsafe {
-                        if wanted.conflict {
-                            conflict.write(id, part.group_conflict[k]);
-                            degenerate.write(id, part.degenerate[k]);
-                        }
-                        if wanted.kendall {
-                            tau.write(id, part.kendall_tau[k]);
-                        }
-                    }
-                }
-            });
+            let prompt_outputs = PromptWriters {
+                conflict: DisjointWriter::new(&mut scores.group_conflict),
+                kendall_tau: DisjointWriter::new(&mut scores.kendall_tau),
+                degenerate: DisjointWriter::new(&mut scores.degenerate),
+            };
+            partitions
+                .into_par_iter()
+                .zip(partitioned.split_like_partitions(&mut entry_scores))
+                .zip(numbered)
+                .zip(&prompts.ids)
+                .for_each(|(((entries, out), keys), ids)| {
+                    score_partition(&keys, entries, ids, wanted, &prompt_outputs, out);
+                });
         }
+        let entry_scores = partitioned.split_like_partitions(&mut entry_scores);
+        partitioned.entries = Vec::new(); // the entry scores hold all that is left to do
 
-        // Row outputs: each chunk of rows reads its partitions' scores in order.
-        let mut index = vec![0i64; n];
+        // Row outputs: each chunk of rows reads its partitions' entry scores in order.
+        let mut index = zeroed(n);
         {
             let index_writer = DisjointWriter::new(&mut index);
             let z_logprob = DisjointWriter::new(&mut scores.z_logprob);
@@ -178,11 +169,10 @@ impl<T: Real> ScoreTask<'_, T> {
             hashes.par_chunks(ROW_CHUNK).enumerate().for_each(|(c, chunk)| {
                 partitioned.for_rows_of_chunk(c, chunk, |i, p, e| {
                     let row = c * ROW_CHUNK + i;
-                    let entry = parts[p].entries[e];
-                    let id = prompts.ids[p][entry.key as usize] as usize;
+                    let entry = entry_scores[p][e];
                     // SAFETY: chunks are disjoint row ranges and each row is visited once.
                     unsafe {
-                        index_writer.write(row, id as i64);
+                        index_writer.write(row, i64::from(entry.prompt));
                         if wanted.z_scores {
                             z_logprob.write(row, entry.z_logprob);
                             z_reward.write(row, entry.z_reward);
@@ -205,8 +195,26 @@ impl<T: Real> ScoreTask<'_, T> {
     }
 }
 
-/// Scores one partition's prompts, keys numbered: entry scores in entry order, prompt scores by key.
-fn score_partition<T: Real>(keys: PartitionKeys, entries: &[ScoredEntry<T>], wanted: Wanted) -> ScoredPartition {
+// SAFETY: an integer and floats.
+unsafe impl Zeroable for EntryScore {}
+
+/// Where partitions write their prompts' scores, by prompt number.
+struct PromptWriters<'a> {
+    conflict: DisjointWriter<'a, f64>,
+    kendall_tau: DisjointWriter<'a, f64>,
+    degenerate: DisjointWriter<'a, bool>,
+}
+
+/// Scores one partition's prompts (`keys` numbers its entries, `ids` numbers its keys globally):
+/// writes the entry scores to `out` in entry order and the prompt scores to `prompt_outputs`.
+fn score_partition<T: Real>(
+    keys: &PartitionKeys,
+    entries: &[ScoredEntry<T>],
+    ids: &[u32],
+    wanted: Wanted,
+    prompt_outputs: &PromptWriters<'_>,
+    out: &mut [EntryScore],
+) {
     let (m, g) = (entries.len(), keys.counts.len());
     let mut offsets = Vec::with_capacity(g + 1);
     let mut total = 0i64;
@@ -228,27 +236,28 @@ fn score_partition<T: Real>(keys: PartitionKeys, entries: &[ScoredEntry<T>], wan
     }
     let mut grouped = Scores::zeroed(m, g, wanted);
     score_into(&logprobs, &rewards, &offsets, grouped.outputs(wanted));
-    let item = |values: &[f64], at: usize| values.get(at).copied().unwrap_or(0.0);
-    let entry_scores = keys
-        .local
-        .iter()
-        .zip(&place)
-        .map(|(&key, &at)| {
-            let at = at as usize;
-            EntryScore {
-                key,
-                z_logprob: item(&grouped.z_logprob, at),
-                z_reward: item(&grouped.z_reward, at),
-                pacs: item(&grouped.pacs, at),
+    for (k, &id) in ids.iter().enumerate() {
+        let id = id as usize;
+        // SAFETY: every prompt number belongs to one key of one partition.
+        unsafe {
+            if wanted.conflict {
+                prompt_outputs.conflict.write(id, grouped.group_conflict[k]);
+                prompt_outputs.degenerate.write(id, grouped.degenerate[k]);
             }
-        })
-        .collect();
-    ScoredPartition {
-        keys,
-        entries: entry_scores,
-        group_conflict: grouped.group_conflict,
-        kendall_tau: grouped.kendall_tau,
-        degenerate: grouped.degenerate,
+            if wanted.kendall {
+                prompt_outputs.kendall_tau.write(id, grouped.kendall_tau[k]);
+            }
+        }
+    }
+    let item = |values: &[f64], at: usize| values.get(at).copied().unwrap_or(0.0);
+    for ((&key, &at), out) in keys.local.iter().zip(&place).zip(out) {
+        let at = at as usize;
+        *out = EntryScore {
+            prompt: ids[key as usize],
+            z_logprob: item(&grouped.z_logprob, at),
+            z_reward: item(&grouped.z_reward, at),
+            pacs: item(&grouped.pacs, at),
+        };
     }
 }
 

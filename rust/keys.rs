@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
+use crate::buffers::{zeroed, Zeroable};
 use crate::groups::DisjointWriter;
 
 /// Rows per parallel task when hashing and partitioning.
@@ -183,6 +184,9 @@ pub(crate) trait KeyColumn: Sync {
     /// A second hash of a row's key, independent of [`KeyColumn::hash_rows`]'.
     fn check_hash(&self, row: usize) -> u64;
     fn key(&self, row: usize) -> Self::Key<'_>;
+    /// Starts loading what comparing `key` reads, when that is more than the key itself.
+    #[inline(always)]
+    fn prefetch_key(_key: &Self::Key<'_>) {}
     /// Whether equal (unmasked) hashes always mean equal keys.
     const HASH_IS_INJECTIVE: bool;
 }
@@ -283,6 +287,11 @@ impl KeyColumn for BytesColumn<'_, '_> {
         self.key_bytes(row)
     }
 
+    #[inline(always)]
+    fn prefetch_key(key: &&[u8]) {
+        prefetch(key.as_ptr());
+    }
+
     const HASH_IS_INJECTIVE: bool = false;
 }
 
@@ -328,6 +337,11 @@ impl KeyColumn for FixedColumn<'_> {
 
     fn key(&self, row: usize) -> &[u8] {
         self.key_bytes(row)
+    }
+
+    #[inline(always)]
+    fn prefetch_key(key: &&[u8]) {
+        prefetch(key.as_ptr());
     }
 
     const HASH_IS_INJECTIVE: bool = false;
@@ -436,7 +450,7 @@ fn group_partitioned<K: KeyColumn>(keys: &K, partitioned: &Partitioned<KeyEntry>
         .collect();
     let prompts = Prompts::rank(&numbered, partitioned.entries.len());
     let starts = prompts.starts();
-    let mut order = vec![0i64; partitioned.entries.len()];
+    let mut order = zeroed(partitioned.entries.len());
     {
         let order_writer = DisjointWriter::new(&mut order);
         partitioned
@@ -488,7 +502,7 @@ pub(crate) fn hash_rows<K: KeyColumn>(keys: &K, hash_mask: u64) -> Result<Vec<u6
     if n > u32::MAX as usize {
         return Err(format!("{n} rows are more than {} that one grouping takes", u32::MAX));
     }
-    let mut hashes = vec![0u64; n];
+    let mut hashes = zeroed(n);
     hashes.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
         keys.hash_rows(c * ROW_CHUNK, out);
         if hash_mask != u64::MAX {
@@ -514,7 +528,7 @@ impl ColumnTask for HashTask {
 
     fn run<K: KeyColumn>(self, keys: &K) -> Result<(Vec<u64>, Vec<u64>), String> {
         let hashes = hash_rows(keys, self.hash_mask)?;
-        let mut checks = vec![0u64; keys.len()];
+        let mut checks = zeroed(keys.len());
         checks.par_chunks_mut(ROW_CHUNK).enumerate().for_each(|(c, out)| {
             for (i, h) in out.iter_mut().enumerate() {
                 *h = keys.check_hash(c * ROW_CHUNK + i);
@@ -525,29 +539,52 @@ impl ColumnTask for HashTask {
 }
 
 /// Whether every row's key equals the key of its prompt's first row (`index` numbers each row's
-/// prompt, `first_rows` each prompt's first row). The rows' own keys are read in order; each
-/// iteration is independent of the last, so the reads of first keys overlap.
+/// prompt, `first_rows` each prompt's first row). The rows' own keys are read in order; the first
+/// keys, scattered, are prefetched in two steps (where the key is, then its bytes), so that many
+/// cache misses are in flight at once instead of one per row.
 pub(crate) fn rows_match_first_keys<K: KeyColumn>(keys: &K, index: &[i64], first_rows: &[i64]) -> bool {
+    const AHEAD: usize = 16;
     let first_keys: Vec<K::Key<'_>> = first_rows.par_iter().map(|&row| keys.key(row as usize)).collect();
     index.par_chunks(ROW_CHUNK).enumerate().all(|(c, ids)| {
-        ids.iter()
-            .enumerate()
-            .all(|(i, &id)| keys.key(c * ROW_CHUNK + i) == first_keys[id as usize])
+        ids.iter().enumerate().all(|(i, &id)| {
+            if let Some(&later) = ids.get(i + 2 * AHEAD) {
+                prefetch(&first_keys[later as usize]);
+            }
+            if let Some(&sooner) = ids.get(i + AHEAD) {
+                K::prefetch_key(&first_keys[sooner as usize]);
+            }
+            keys.key(c * ROW_CHUNK + i) == first_keys[id as usize]
+        })
     })
 }
 
+/// Asks the CPU to start loading the cache line at `address` (a hint: it never faults).
+#[inline(always)]
+pub(crate) fn prefetch<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
 /// What a partition holds of a row: at least its hash and its row number.
-pub(crate) trait Entry: Copy + Default + Send + Sync {
+pub(crate) trait Entry: Zeroable + Send + Sync {
     fn hash(&self) -> u64;
     fn row(&self) -> u32;
 }
 
 /// A row's hash and number: all that grouping alone needs.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct KeyEntry {
     hash: u64,
     row: u32,
 }
+
+// SAFETY: plain integers.
+unsafe impl Zeroable for KeyEntry {}
 
 impl Entry for KeyEntry {
     fn hash(&self) -> u64 {
@@ -596,7 +633,7 @@ impl<E: Entry> Partitioned<E> {
             }
         }
         bounds.push(total);
-        let mut entries = vec![E::default(); n];
+        let mut entries = zeroed(n);
         {
             let writer = DisjointWriter::new(&mut entries);
             hashes
@@ -624,6 +661,19 @@ impl<E: Entry> Partitioned<E> {
     /// Each partition's entries.
     pub fn partitions(&self) -> Vec<&[E]> {
         self.bounds.windows(2).map(|b| &self.entries[b[0]..b[1]]).collect()
+    }
+
+    /// `values`, one per entry, split by partition as the entries are.
+    pub fn split_like_partitions<'v, V>(&self, mut values: &'v mut [V]) -> Vec<&'v mut [V]> {
+        assert_eq!(values.len(), self.entries.len(), "one value per entry");
+        self.bounds
+            .windows(2)
+            .map(|b| {
+                let (part, rest) = std::mem::take(&mut values).split_at_mut(b[1] - b[0]);
+                values = rest;
+                part
+            })
+            .collect()
     }
 
     /// Visits the rows of row chunk `c` (starting at row `c * ROW_CHUNK`, hashes `chunk`) in order,

@@ -5,6 +5,7 @@
 //! interpreter, runs the work in the engine's own thread pool, and turns every failure (a panic
 //! included) into a Python exception.
 
+pub mod buffers;
 pub mod checks;
 pub mod groups;
 pub mod kendall;

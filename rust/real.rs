@@ -1,7 +1,9 @@
 //! The floating-point element types the core accepts, widened to f64 for every computation.
 
+use crate::buffers::Zeroable;
+
 /// A float the engine reads: f32 or f64. All arithmetic is done in f64.
-pub trait Real: Copy + Default + Send + Sync + 'static {
+pub trait Real: Zeroable + Default + Send + Sync + 'static {
     fn to_f64(self) -> f64;
 }
 

@@ -4,6 +4,7 @@
 //! mean |PACS|; a prompt is degenerate (PACS and conflict 0) with fewer than two items or a log-prob
 //! or reward spread below [`DEGENERATE_STD`] or [`DEGENERATE_RELATIVE_STD`].
 
+use crate::buffers::zeroed;
 use crate::groups::{for_each_group_range, GroupOutputs};
 use crate::kendall;
 use crate::real::Real;
@@ -66,14 +67,14 @@ pub struct Scores {
 impl Scores {
     /// Zeroed outputs for `n` items and `g` groups; the ones not `wanted` are left empty.
     pub fn zeroed(n: usize, g: usize, wanted: Wanted) -> Self {
-        let zeros = |yes: bool, len: usize| if yes { vec![0.0; len] } else { Vec::new() };
+        let zeros = |yes: bool, len: usize| if yes { zeroed(len) } else { Vec::new() };
         Scores {
             z_logprob: zeros(wanted.z_scores, n),
             z_reward: zeros(wanted.z_scores, n),
             pacs: zeros(wanted.pacs, n),
             group_conflict: zeros(wanted.conflict, g),
             kendall_tau: zeros(wanted.kendall, g),
-            degenerate: if wanted.conflict { vec![false; g] } else { Vec::new() },
+            degenerate: if wanted.conflict { zeroed(g) } else { Vec::new() },
         }
     }
 
