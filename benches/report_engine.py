@@ -22,14 +22,17 @@ import torch
 from bench_engine import COMPARISONS, DEFAULT_PAIRS, Inputs
 
 
-def best_time(function: Callable[[Inputs], Any], inputs: Inputs, repeats: int) -> float:
-    """Best wall-clock seconds of ``repeats`` calls (the least disturbed by other processes)."""
-    times = []
+def best_times(functions: list[Callable[[Inputs], Any]], inputs: Inputs, repeats: int) -> dict[Callable[[Inputs], Any], float]:
+    """Best wall-clock seconds of ``repeats`` calls of each function, the calls taken in turns (one of
+    each per round): a shared machine's slow spells then fall on engine and yardstick alike, and the
+    best call of each is the least disturbed."""
+    best = dict.fromkeys(functions, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        function(inputs)
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for function in functions:
+            start = time.perf_counter()
+            function(inputs)
+            best[function] = min(best[function], time.perf_counter() - start)
+    return best
 
 
 def format_seconds(seconds: float) -> str:
@@ -44,29 +47,21 @@ def main() -> None:
     args = parser.parse_args()
 
     inputs = Inputs.generate(args.pairs)
-    seconds: dict[Callable[[Inputs], Any], float] = {}  # engine calls that several cases share are timed once
-    engines = {comparison.engine for comparison in COMPARISONS}
-
-    def engine_time(function: Callable[[Inputs], Any]) -> float:
-        if function not in seconds:
-            seconds[function] = best_time(function, inputs, args.repeats)
-        return seconds[function]
+    comparisons = [comparison for comparison in COMPARISONS if args.only in comparison.label]
+    # Engine calls that several cases share (the contiguous score is the keyed cases' yardstick) are timed once.
+    functions = list(dict.fromkeys(f for c in comparisons for f in (c.engine, c.yardstick)))
+    seconds = best_times(functions, inputs, args.repeats)
 
     print(
         f"{inputs.num_pairs:,} pairs ({inputs.num_groups:,} prompts x 8), {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}), torch {torch.__version__} on {torch.get_num_threads()} threads, "
-        f"best of {args.repeats}\n"
+        f"best of {args.repeats}, calls in turns\n"
     )
     print("| Case | Engine | Yardstick | Yardstick time | Speed-up | Target |")
     print("|---|---:|---|---:|---:|---:|")
-    for comparison in COMPARISONS:
-        if args.only not in comparison.label:
-            continue
-        engine = engine_time(comparison.engine)
-        if comparison.yardstick in engines:  # keyed cases measure against the contiguous engine call
-            yardstick = engine_time(comparison.yardstick)
-        else:
-            yardstick = best_time(comparison.yardstick, inputs, args.repeats) * comparison.yardstick_scale(inputs)
+    for comparison in comparisons:
+        engine = seconds[comparison.engine]
+        yardstick = seconds[comparison.yardstick] * comparison.yardstick_scale(inputs)
         speedup = yardstick / engine
         if comparison.target is None:
             target = "-"
