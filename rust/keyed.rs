@@ -3,10 +3,11 @@
 //! Grouping first and scoring afterwards gathers every input through a row order and scatters every
 //! output back through it: random accesses over the whole table, a cache miss each. [`score_keys`]
 //! instead radix-partitions the rows by key hash as [`crate::keys`] does, carrying each row's
-//! log-prob and reward along. A partition holds a few thousand rows and fits in a core's cache: it
-//! numbers its keys, sorts its rows by key, scores its prompts and puts the scores back in its own
-//! entry order, all in cache. One sequential pass over the rows then reads every partition's scores
-//! as a stream (the partitions list their rows in increasing order) and writes them in row order.
+//! log-prob and reward along. Every partition numbers its keys, and the prompts are ranked by first
+//! appearance. A partition holds a few thousand rows and fits in a core's cache: it then sorts its
+//! rows by key, scores its prompts and writes each entry's scores with its prompt number, in its own
+//! entry order. One sequential pass over the rows reads every partition's entry scores as a stream
+//! (the partitions list their rows in increasing order) and writes them in row order, with no lookup.
 //! Byte keys are then checked exactly, rows in order, against their prompt's first key; only if two
 //! distinct keys shared a hash are the partitions scored again, comparing keys.
 

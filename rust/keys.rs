@@ -560,7 +560,7 @@ pub(crate) fn rows_match_first_keys<K: KeyColumn>(keys: &K, index: &[i64], first
 
 /// Asks the CPU to start loading the cache line at `address` (a hint: it never faults).
 #[inline(always)]
-pub(crate) fn prefetch<T>(address: *const T) {
+fn prefetch<T>(address: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing the program sees and cannot fault.
     unsafe {
