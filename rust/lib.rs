@@ -18,7 +18,7 @@ pub mod topk;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -487,8 +487,23 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(info)
 }
 
+/// Sets, at import, every lazily initialised global the bindings touch: numpy's C API, rust-numpy's
+/// borrow flags and array-owner class, and the error type.
+///
+/// Each is a once-cell whose first user, a thread of the parent, can hold it mid-initialisation while
+/// it waits for the interpreter; a child forked at that moment inherits the cell as taken by a thread
+/// that does not exist in the child, and its first call waits forever. Set at import, no call finds
+/// one unset.
+fn set_lazy_globals(py: Python<'_>) -> PyResult<()> {
+    let owned = vec![0.0_f64].into_pyarray(py);
+    drop(owned.readonly());
+    py.get_type::<ShfcasValueError>();
+    Ok(())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    set_lazy_globals(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("Z_EPSILON", scoring::Z_EPSILON)?;
     m.add("DEGENERATE_STD", scoring::DEGENERATE_STD)?;
