@@ -494,16 +494,15 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// it waits for the interpreter; a child forked at that moment inherits the cell as taken by a thread
 /// that does not exist in the child, and its first call waits forever. Set at import, no call finds
 /// one unset.
-fn set_lazy_globals(py: Python<'_>) -> PyResult<()> {
+fn set_lazy_globals(py: Python<'_>) {
     let owned = vec![0.0_f64].into_pyarray(py);
     drop(owned.readonly());
     py.get_type::<ShfcasValueError>();
-    Ok(())
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    set_lazy_globals(m.py())?;
+    set_lazy_globals(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("Z_EPSILON", scoring::Z_EPSILON)?;
     m.add("DEGENERATE_STD", scoring::DEGENERATE_STD)?;
