@@ -106,7 +106,7 @@ class ExperimentSettings:
         policy_texts, policy_epochs: base-policy training (pre-training + SFT stand-in).
         preference_pairs: the proxy's biased preference data.
         reward_epochs, reward_learning_rate, reward_batch_size: reward-model training (the proxy and every
-            retraining), long enough to converge.
+            retraining). The CPU default (2 epochs) does not converge; see docs/demo.md.
         policy_steps, policy_learning_rate, policy_batch_size: policy refinement (GRPO or RSO's DPO).
         grpo_beta: GRPO's KL coefficient toward the base policy.
         rso_beta, rso_accepted: RSO's temperature (reward units) and accepted samples per prompt.
