@@ -187,6 +187,8 @@ pub(crate) trait KeyColumn: Sync {
     /// Starts loading what comparing `key` reads, when that is more than the key itself.
     #[inline(always)]
     fn prefetch_key(_key: &Self::Key<'_>) {}
+    /// Starts loading what [`KeyColumn::key`] reads first for `row`: the key itself, or where it is.
+    fn prefetch_row(&self, row: usize);
     /// Whether equal (unmasked) hashes always mean equal keys.
     const HASH_IS_INJECTIVE: bool;
 }
@@ -232,6 +234,11 @@ impl<T: IntKey> KeyColumn for IntColumn<'_, T> {
 
     fn key(&self, row: usize) -> u64 {
         self.0[row].bits()
+    }
+
+    #[inline(always)]
+    fn prefetch_row(&self, row: usize) {
+        prefetch(self.0.as_ptr().wrapping_add(row));
     }
 
     const HASH_IS_INJECTIVE: bool = true;
@@ -292,6 +299,20 @@ impl KeyColumn for BytesColumn<'_, '_> {
         prefetch(key.as_ptr());
     }
 
+    #[inline(always)]
+    fn prefetch_row(&self, row: usize) {
+        let chunk = if self.chunks.len() == 1 {
+            0
+        } else {
+            self.starts.partition_point(|&s| s <= row) - 1
+        };
+        let local = row - self.starts[chunk];
+        match self.chunks[chunk].offsets {
+            Offsets::I32(o) => prefetch(o.as_ptr().wrapping_add(local)),
+            Offsets::I64(o) => prefetch(o.as_ptr().wrapping_add(local)),
+        }
+    }
+
     const HASH_IS_INJECTIVE: bool = false;
 }
 
@@ -340,8 +361,8 @@ impl KeyColumn for FixedColumn<'_> {
     }
 
     #[inline(always)]
-    fn prefetch_key(key: &&[u8]) {
-        prefetch(key.as_ptr());
+    fn prefetch_row(&self, row: usize) {
+        prefetch(self.data.as_ptr().wrapping_add(row * self.width));
     }
 
     const HASH_IS_INJECTIVE: bool = false;
@@ -478,21 +499,46 @@ fn group_partitioned<K: KeyColumn>(keys: &K, partitioned: &Partitioned<KeyEntry>
 }
 
 /// Whether every row's key equals the key of its prompt's first row, rows grouped by prompt
-/// (`order`, prompts of `sizes` rows in turn): each prompt's first key is read once and compared
-/// with its other rows' keys while it is in cache.
+/// (`order`, prompts of `sizes` rows in turn). The rows are scattered: each is prefetched in two
+/// steps along `order` (where its key is, then the key's bytes), so that many cache misses are in
+/// flight at once instead of one or two per row.
 fn grouped_rows_match_first_keys<K: KeyColumn>(keys: &K, order: &[i64], sizes: &[i64]) -> bool {
-    let mut start = 0usize;
-    let ranges: Vec<(usize, usize)> = sizes
-        .iter()
-        .map(|&size| {
-            start += size as usize;
-            (start - size as usize, start)
+    const AHEAD: usize = 16;
+    const PROMPTS_PER_BLOCK: usize = 1 << 12;
+    // Blocks of whole prompts: (first prompt, first position in `order`).
+    let mut blocks = Vec::with_capacity(sizes.len() / PROMPTS_PER_BLOCK + 1);
+    let mut position = 0usize;
+    for (prompt, &size) in sizes.iter().enumerate() {
+        if prompt % PROMPTS_PER_BLOCK == 0 {
+            blocks.push((prompt, position));
+        }
+        position += size as usize;
+    }
+    blocks.par_iter().all(|&(first_prompt, start)| {
+        let block_sizes = &sizes[first_prompt..sizes.len().min(first_prompt + PROMPTS_PER_BLOCK)];
+        let rows = &order[start..start + block_sizes.iter().sum::<i64>() as usize];
+        let row_at = |j: usize| {
+            if let Some(&later) = rows.get(j + 2 * AHEAD) {
+                keys.prefetch_row(later as usize);
+            }
+            if let Some(&sooner) = rows.get(j + AHEAD) {
+                K::prefetch_key(&keys.key(sooner as usize));
+            }
+            keys.key(rows[j] as usize)
+        };
+        let mut j = 0;
+        block_sizes.iter().all(|&size| {
+            let end = j + size as usize;
+            let first = row_at(j);
+            j += 1;
+            while j < end {
+                if row_at(j) != first {
+                    return false;
+                }
+                j += 1;
+            }
+            true
         })
-        .collect();
-    ranges.par_iter().with_min_len(1 << 12).all(|&(start, end)| {
-        let rows = &order[start..end];
-        let first = keys.key(rows[0] as usize);
-        rows[1..].iter().all(|&row| keys.key(row as usize) == first)
     })
 }
 
