@@ -252,14 +252,21 @@ struct BytesColumn<'a, 'k> {
 }
 
 impl BytesColumn<'_, '_> {
+    /// The chunk holding global `row`, and the row's place in it.
     #[inline]
-    fn key_bytes(&self, row: usize) -> &[u8] {
+    fn locate(&self, row: usize) -> (&ByteChunk<'_>, usize) {
         let chunk = if self.chunks.len() == 1 {
             0
         } else {
             self.starts.partition_point(|&s| s <= row) - 1
         };
-        self.chunks[chunk].key(row - self.starts[chunk])
+        (&self.chunks[chunk], row - self.starts[chunk])
+    }
+
+    #[inline]
+    fn key_bytes(&self, row: usize) -> &[u8] {
+        let (chunk, local) = self.locate(row);
+        chunk.key(local)
     }
 }
 
@@ -301,13 +308,8 @@ impl KeyColumn for BytesColumn<'_, '_> {
 
     #[inline(always)]
     fn prefetch_row(&self, row: usize) {
-        let chunk = if self.chunks.len() == 1 {
-            0
-        } else {
-            self.starts.partition_point(|&s| s <= row) - 1
-        };
-        let local = row - self.starts[chunk];
-        match self.chunks[chunk].offsets {
+        let (chunk, local) = self.locate(row);
+        match chunk.offsets {
             Offsets::I32(o) => prefetch(o.as_ptr().wrapping_add(local)),
             Offsets::I64(o) => prefetch(o.as_ptr().wrapping_add(local)),
         }
@@ -358,6 +360,11 @@ impl KeyColumn for FixedColumn<'_> {
 
     fn key(&self, row: usize) -> &[u8] {
         self.key_bytes(row)
+    }
+
+    #[inline(always)]
+    fn prefetch_key(key: &&[u8]) {
+        prefetch(key.as_ptr());
     }
 
     #[inline(always)]
